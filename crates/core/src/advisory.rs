@@ -1,0 +1,153 @@
+//! Advisories: what a source said about a vulnerability, normalised.
+
+use crate::ids::AdvisoryId;
+use crate::tlp::Tlp;
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+
+/// A CVSS rating as given by a source: the vector when known, and the base score.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Cvss {
+    /// e.g. `CVSS:3.1/AV:N/AC:L/PR:N/UI:N/S:U/C:H/I:H/A:H`
+    pub vector: Option<String>,
+    /// Base score, 0.0–10.0.
+    pub score: f64,
+}
+
+/// An affected vendor/product pair as named by the source.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Affected {
+    pub vendor: String,
+    pub product: String,
+}
+
+/// The content of one advisory as a feed reports it. Feeds produce these; the store keys
+/// them by `(source, external_id)` and keeps each distinct content as a revision.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct AdvisoryContent {
+    /// The feed id from config that produced it.
+    pub source: String,
+    /// The source's own identifier (RSS guid, Atom id, CSAF tracking id…).
+    pub external_id: String,
+    pub title: String,
+    /// Plain text summary (feed HTML is reduced to text by the feed parser).
+    pub summary: String,
+    pub published: Option<DateTime<Utc>>,
+    pub updated: Option<DateTime<Utc>>,
+    pub references: Vec<String>,
+    pub cves: Vec<String>,
+    pub cvss: Option<Cvss>,
+    pub affected: Vec<Affected>,
+    pub tlp: Tlp,
+}
+
+impl AdvisoryContent {
+    /// A minimal advisory; handy for tests and for feeds that fill fields one by one.
+    pub fn new(source: impl Into<String>, external_id: impl Into<String>, title: impl Into<String>) -> Self {
+        Self {
+            source: source.into(),
+            external_id: external_id.into(),
+            title: title.into(),
+            summary: String::new(),
+            published: None,
+            updated: None,
+            references: Vec::new(),
+            cves: Vec::new(),
+            cvss: None,
+            affected: Vec::new(),
+            tlp: Tlp::Clear,
+        }
+    }
+
+    /// Checks the invariants every stored advisory must meet. Feeds call this so that a
+    /// malformed item is refused with a reason instead of being stored half-way.
+    pub fn validate(&self) -> Result<(), String> {
+        if self.source.trim().is_empty() {
+            return Err("advisory has no source".into());
+        }
+        if self.external_id.trim().is_empty() {
+            return Err(format!("advisory `{}` has no identifier (guid, id or link)", self.title));
+        }
+        if self.title.trim().is_empty() {
+            return Err(format!("advisory `{}` has no title", self.external_id));
+        }
+        if let Some(c) = &self.cvss
+            && !(0.0..=10.0).contains(&c.score)
+        {
+            return Err(format!("advisory `{}` has CVSS score {} outside 0–10", self.external_id, c.score));
+        }
+        Ok(())
+    }
+}
+
+/// A stored advisory: its content at the latest revision.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Advisory {
+    pub id: AdvisoryId,
+    /// 1 for the first content seen, +1 for each change.
+    pub revision: i32,
+    pub first_seen: DateTime<Utc>,
+    pub last_changed: DateTime<Utc>,
+    #[serde(flatten)]
+    pub content: AdvisoryContent,
+}
+
+/// Finds CVE identifiers (`CVE-YYYY-NNNN…`) in free text, upper-cased, de-duplicated, in
+/// order of first appearance.
+pub fn extract_cve_ids(text: &str) -> Vec<String> {
+    let bytes = text.as_bytes();
+    let mut out: Vec<String> = Vec::new();
+    let mut i = 0;
+    while i + 13 <= bytes.len() {
+        let window = &bytes[i..i + 4];
+        let starts_word = i == 0 || !bytes[i - 1].is_ascii_alphanumeric();
+        if starts_word && window.eq_ignore_ascii_case(b"CVE-") {
+            let year = &bytes[i + 4..i + 8];
+            if year.iter().all(u8::is_ascii_digit) && bytes[i + 8] == b'-' {
+                let mut j = i + 9;
+                while j < bytes.len() && bytes[j].is_ascii_digit() {
+                    j += 1;
+                }
+                let digits = j - (i + 9);
+                let ends_word = j == bytes.len() || !bytes[j].is_ascii_alphanumeric();
+                if (4..=7).contains(&digits) && ends_word {
+                    let id = text[i..j].to_ascii_uppercase();
+                    if !out.contains(&id) {
+                        out.push(id);
+                    }
+                    i = j;
+                    continue;
+                }
+            }
+        }
+        i += 1;
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn finds_cves_in_text() {
+        let t = "Fixes CVE-2024-1234 and cve-2023-45678; see CVE-2024-1234 again. Not XCVE-2024-1111 or CVE-24-1.";
+        assert_eq!(extract_cve_ids(t), vec!["CVE-2024-1234", "CVE-2023-45678"]);
+        assert!(extract_cve_ids("").is_empty());
+        assert_eq!(extract_cve_ids("CVE-2021-44228"), vec!["CVE-2021-44228"]);
+        assert!(extract_cve_ids("CVE-2021-123").is_empty());
+    }
+
+    #[test]
+    fn validate_names_the_problem() {
+        let mut a = AdvisoryContent::new("rss-1", "guid-1", "Title");
+        assert!(a.validate().is_ok());
+        a.title = "  ".into();
+        assert!(a.validate().unwrap_err().contains("guid-1"));
+        let mut b = AdvisoryContent::new("rss-1", "", "A title");
+        assert!(b.validate().unwrap_err().contains("no identifier"));
+        b.external_id = "x".into();
+        b.cvss = Some(Cvss { vector: None, score: 11.0 });
+        assert!(b.validate().unwrap_err().contains("outside"));
+    }
+}

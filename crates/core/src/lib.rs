@@ -1,0 +1,25 @@
+//! # broadcast-core
+//!
+//! The vocabulary of Broadcast: identifiers, advisories, assessments, bulletins and their
+//! state machine, TLP markings, subscribers and deliveries.
+//!
+//! This crate does no I/O, reads no clock and no environment: every time is passed in.
+//! That keeps the rules here deterministic and cheap to test, and lets every other crate
+//! share one meaning for each word.
+#![forbid(unsafe_code)]
+
+pub mod advisory;
+pub mod assessment;
+pub mod bulletin;
+pub mod delivery;
+pub mod ids;
+pub mod subscriber;
+pub mod tlp;
+
+pub use advisory::{Advisory, AdvisoryContent, Affected, Cvss, extract_cve_ids};
+pub use assessment::{Assessment, ThreatLevel, ThreatLevelError};
+pub use bulletin::{Action, Bulletin, BulletinContent, BulletinState, TransitionError, reference};
+pub use delivery::{ChannelKind, Delivery, DeliveryState};
+pub use ids::{AdvisoryId, AnalystId, BulletinId, ContactId, DeliveryId, EndpointId, IdError, OrgId};
+pub use subscriber::{Analyst, Contact, Endpoint, Organisation, Role, validate_email};
+pub use tlp::{Tlp, TlpError};

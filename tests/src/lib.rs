@@ -1,0 +1,1 @@
+//! Broadcast end-to-end tests: see `tests/e2e.rs`.
