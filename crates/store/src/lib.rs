@@ -1,1 +1,1222 @@
+//! # broadcast-store
+//!
+//! Persistence for Broadcast: one [`Store`] API over two sqlx backends, SQLite (the embedded
+//! default) and PostgreSQL (for several nodes). The backend is chosen once, from the URL
+//! scheme, by [`Store::connect`].
+//!
+//! Every method is written once. The `dispatch!` macro compiles its body once per backend,
+//! with the concrete pool type in scope, so the SQL text is shared (SQLite accepts the
+//! `$1` placeholders PostgreSQL uses) and only the few statements that must differ
+//! (`FOR UPDATE SKIP LOCKED`, `BEGIN IMMEDIATE`) do. The conformance suite in
+//! `tests/conformance.rs` runs the same tests against both.
+//!
+//! ```no_run
+//! # async fn demo() -> Result<(), broadcast_store::StoreError> {
+//! let store = broadcast_store::Store::connect("sqlite://broadcast.db").await?;
+//! store.migrate().await?;
+//! # Ok(()) }
+//! ```
 #![forbid(unsafe_code)]
+
+mod rows;
+
+use broadcast_core::{
+    Action, Advisory, AdvisoryContent, AdvisoryId, Analyst, AnalystId, Assessment, Bulletin, BulletinContent,
+    BulletinId, BulletinState, ChannelKind, Contact, ContactId, Delivery, DeliveryId, DeliveryState,
+    Endpoint, EndpointId, OrgId, Organisation, Role, ThreatLevel, Tlp, TransitionError,
+};
+use chrono::{DateTime, Datelike, Utc};
+use rows::*;
+use serde::Serialize;
+use sqlx::migrate::{Migration, MigrationType, Migrator};
+use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions};
+use sqlx::sqlite::{
+    SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous,
+};
+use sqlx::{QueryBuilder, SqlSafeStr, Transaction};
+use std::collections::BTreeMap;
+use std::str::FromStr;
+use std::time::Duration;
+
+/// What can go wrong in the store. Each variant names the thing concerned.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("{kind} `{id}` not found")]
+    NotFound { kind: &'static str, id: String },
+    #[error("conflict: {0}")]
+    Conflict(String),
+    #[error("invalid {what}: {why}")]
+    Invalid { what: &'static str, why: String },
+    #[error(transparent)]
+    Transition(#[from] TransitionError),
+    #[error("unsupported database URL `{0}`: use sqlite://PATH or postgres://USER@HOST/DB")]
+    BadUrl(String),
+    #[error("stored data is corrupt: {0}")]
+    Corrupt(String),
+    #[error("database error: {0}")]
+    Database(#[from] sqlx::Error),
+    #[error("migration failed: {0}")]
+    Migrate(#[from] sqlx::migrate::MigrateError),
+}
+
+pub type Result<T, E = StoreError> = std::result::Result<T, E>;
+
+fn not_found(kind: &'static str, id: impl ToString) -> StoreError {
+    StoreError::NotFound { kind, id: id.to_string() }
+}
+
+/// Turns unique-constraint violations into a readable conflict.
+fn unique_as_conflict(err: sqlx::Error, what: impl FnOnce() -> String) -> StoreError {
+    match err.as_database_error() {
+        Some(db) if db.is_unique_violation() => StoreError::Conflict(what()),
+        _ => StoreError::Database(err),
+    }
+}
+
+fn to_json<T: Serialize>(v: &T) -> String {
+    serde_json::to_string(v).expect("store types serialise to JSON")
+}
+
+/// A fresh random id suffix. UUIDv7 keeps ids roughly sortable by creation time.
+fn suffix() -> String {
+    uuid::Uuid::now_v7().simple().to_string()
+}
+
+/// Times are stored with millisecond precision on both backends, so values read back
+/// compare equal to what was written.
+pub fn db_time(t: DateTime<Utc>) -> DateTime<Utc> {
+    use chrono::Timelike;
+    let ms = t.timestamp_subsec_millis();
+    t.with_nanosecond(ms * 1_000_000).unwrap_or(t)
+}
+
+/// Which backend a store runs on.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum BackendKind {
+    Sqlite,
+    Postgres,
+}
+
+#[derive(Clone)]
+enum Backend {
+    Sqlite(SqlitePool),
+    Postgres(PgPool),
+}
+
+/// The one persistence API. Cheap to clone (it holds a connection pool).
+#[derive(Clone)]
+pub struct Store {
+    backend: Backend,
+}
+
+/// Backend-specific pieces the shared method bodies need.
+trait Pool {
+    type Db: sqlx::Database;
+    /// `FOR UPDATE SKIP LOCKED` where the backend has several writers.
+    const SKIP_LOCKED: &'static str;
+    /// A transaction that will write. On SQLite it takes the write lock at once
+    /// (`BEGIN IMMEDIATE`), so two writers queue on `busy_timeout` instead of failing.
+    async fn begin_write(&self) -> Result<Transaction<'static, Self::Db>, sqlx::Error>;
+}
+
+impl Pool for SqlitePool {
+    type Db = sqlx::Sqlite;
+    const SKIP_LOCKED: &'static str = "";
+    async fn begin_write(&self) -> Result<Transaction<'static, sqlx::Sqlite>, sqlx::Error> {
+        self.begin_with("BEGIN IMMEDIATE").await
+    }
+}
+
+impl Pool for PgPool {
+    type Db = sqlx::Postgres;
+    const SKIP_LOCKED: &'static str = " FOR UPDATE SKIP LOCKED";
+    async fn begin_write(&self) -> Result<Transaction<'static, sqlx::Postgres>, sqlx::Error> {
+        self.begin().await
+    }
+}
+
+/// Runs `$body` with `$pool` bound to the concrete pool of the store's backend. The body is
+/// compiled once per backend.
+macro_rules! dispatch {
+    ($self:ident, $pool:ident => $body:expr) => {
+        match &$self.backend {
+            Backend::Sqlite($pool) => $body,
+            Backend::Postgres($pool) => $body,
+        }
+    };
+}
+
+/// Appends a bulletin history entry inside the current transaction.
+macro_rules! insert_event {
+    ($tx:expr, $bulletin:expr, $action:expr, $actor:expr, $from:expr, $to:expr, $comment:expr, $at:expr) => {
+        sqlx::query(
+            "INSERT INTO bulletin_events (bulletin_id, action, actor_id, from_state, to_state, comment, at)
+             VALUES ($1, $2, $3, $4, $5, $6, $7)",
+        )
+        .bind($bulletin.as_str())
+        .bind($action)
+        .bind($actor.as_str())
+        .bind($from.map(|s: BulletinState| s.as_str()))
+        .bind($to.as_str())
+        .bind($comment)
+        .bind($at)
+        .execute(&mut *$tx)
+        .await
+    };
+}
+
+/// Reads the subscribers and writes a published bulletin's outbox rows, inside the
+/// publishing transaction. Evaluates to the number of rows written.
+macro_rules! fan_out {
+    ($tx:expr, $b:expr, $now:expr) => {{
+        let orgs: Vec<OrgRow> = sqlx::query_as("SELECT * FROM organisations ORDER BY id").fetch_all(&mut *$tx).await?;
+        let contacts: Vec<(String, String, String, bool)> =
+            sqlx::query_as("SELECT id, org_id, email, unsubscribed FROM contacts ORDER BY id").fetch_all(&mut *$tx).await?;
+        let endpoints: Vec<(String, String, String, bool)> =
+            sqlx::query_as("SELECT id, org_id, url, enabled FROM endpoints ORDER BY id").fetch_all(&mut *$tx).await?;
+        let rows = plan_fan_out($b, orgs, &contacts, &endpoints)?;
+        for chunk in rows.chunks(500) {
+            let mut qb = QueryBuilder::new(
+                "INSERT INTO deliveries (id, bulletin_id, org_id, channel, recipient_id, address, state, reason,
+                                         attempts, next_attempt_at, created_at) ",
+            );
+            qb.push_values(chunk, |mut row, d| {
+                row.push_bind(d.id.clone())
+                    .push_bind($b.id.to_string())
+                    .push_bind(d.org_id.clone())
+                    .push_bind(d.channel.as_str())
+                    .push_bind(d.recipient_id.clone())
+                    .push_bind(d.address.clone())
+                    .push_bind(d.state.as_str())
+                    .push_bind(d.reason.clone())
+                    .push_bind(0i32)
+                    .push_bind($now)
+                    .push_bind($now);
+            });
+            qb.build().execute(&mut *$tx).await?;
+        }
+        rows.len()
+    }};
+}
+
+fn migrator(dir: &str, files: &[(&'static str, &'static str)]) -> Migrator {
+    let migrations = files
+        .iter()
+        .enumerate()
+        .map(|(i, (desc, sql))| {
+            Migration::new(i as i64 + 1, (*desc).into(), MigrationType::Simple, sql.into_sql_str(), false)
+        })
+        .collect();
+    let _ = dir;
+    Migrator::with_migrations(migrations)
+}
+
+const SQLITE_MIGRATIONS: &[(&str, &str)] =
+    &[("initial", include_str!("../migrations/sqlite/0001_initial.sql"))];
+const POSTGRES_MIGRATIONS: &[(&str, &str)] =
+    &[("initial", include_str!("../migrations/postgres/0001_initial.sql"))];
+
+/// Whether a candidate list includes advisories triage found irrelevant.
+#[derive(Clone, Debug, Default)]
+pub struct CandidateFilter {
+    pub include_irrelevant: bool,
+    pub limit: Option<i64>,
+}
+
+/// An advisory with triage's verdict on its latest revision.
+#[derive(Clone, Debug, Serialize)]
+pub struct Candidate {
+    pub advisory: Advisory,
+    pub assessment: Assessment,
+}
+
+/// What storing an advisory did.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Change {
+    New,
+    Revised,
+    Unchanged,
+}
+
+/// The result of [`Store::upsert_advisory`].
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct Upserted {
+    pub id: AdvisoryId,
+    pub revision: i32,
+    pub change: Change,
+}
+
+/// One stored revision of an advisory.
+#[derive(Clone, Debug, Serialize)]
+pub struct Revision {
+    pub revision: i32,
+    pub collected_at: DateTime<Utc>,
+    pub content: AdvisoryContent,
+}
+
+/// Collection state and health of one feed.
+#[derive(Clone, Debug, Default, PartialEq, Serialize)]
+pub struct FeedState {
+    pub feed_id: String,
+    pub etag: Option<String>,
+    pub last_modified: Option<String>,
+    pub last_attempt: Option<DateTime<Utc>>,
+    pub last_success: Option<DateTime<Utc>>,
+    pub last_error: Option<String>,
+    pub consecutive_failures: i32,
+    pub items_seen: i64,
+}
+
+/// A completed transition and what it did to the outbox.
+#[derive(Clone, Debug, Serialize)]
+pub struct Transitioned {
+    pub bulletin: Bulletin,
+    /// Outbox rows written by a publish (all states, including suppressed).
+    pub deliveries_created: usize,
+    /// Pending rows cancelled by a withdrawal.
+    pub deliveries_cancelled: u64,
+}
+
+/// A bulletin's history entry.
+#[derive(Clone, Debug, Serialize)]
+pub struct BulletinEvent {
+    pub action: String,
+    pub actor_id: String,
+    pub from_state: Option<String>,
+    pub to_state: String,
+    pub comment: Option<String>,
+    pub at: DateTime<Utc>,
+}
+
+/// How one delivery attempt ended, as the worker reports it.
+#[derive(Clone, Debug, PartialEq)]
+pub enum AttemptOutcome {
+    Delivered,
+    /// Failed for now; try again at the given time.
+    Retry {
+        at: DateTime<Utc>,
+        error: String,
+    },
+    /// Failed for good.
+    Failed {
+        error: String,
+    },
+}
+
+/// One attempt to deliver, as recorded.
+#[derive(Clone, Debug, PartialEq)]
+pub struct AttemptRecord {
+    pub started_at: DateTime<Utc>,
+    pub duration_ms: i64,
+    pub outcome: AttemptOutcome,
+    /// Status line, SMTP reply or response excerpt.
+    pub detail: String,
+}
+
+/// A recorded attempt, as read back.
+#[derive(Clone, Debug, Serialize, PartialEq)]
+pub struct Attempt {
+    pub attempt: i32,
+    pub started_at: DateTime<Utc>,
+    pub duration_ms: i64,
+    pub outcome: String,
+    pub detail: String,
+}
+
+impl Store {
+    /// Connects to `sqlite://PATH` (created if missing, WAL mode) or `postgres://…`.
+    pub async fn connect(url: &str) -> Result<Store> {
+        if url.starts_with("sqlite:") {
+            let opts = SqliteConnectOptions::from_str(url)
+                .map_err(|_| StoreError::BadUrl(url.to_owned()))?
+                .create_if_missing(true)
+                .journal_mode(SqliteJournalMode::Wal)
+                .synchronous(SqliteSynchronous::Normal)
+                .busy_timeout(Duration::from_secs(30))
+                .foreign_keys(true);
+            let pool = SqlitePoolOptions::new().max_connections(8).connect_with(opts).await?;
+            Ok(Store { backend: Backend::Sqlite(pool) })
+        } else if url.starts_with("postgres://") || url.starts_with("postgresql://") {
+            let opts = PgConnectOptions::from_str(url).map_err(|_| StoreError::BadUrl(url.to_owned()))?;
+            let pool = PgPoolOptions::new()
+                .max_connections(16)
+                .acquire_timeout(Duration::from_secs(30))
+                .connect_with(opts)
+                .await?;
+            Ok(Store { backend: Backend::Postgres(pool) })
+        } else {
+            Err(StoreError::BadUrl(url.to_owned()))
+        }
+    }
+
+    pub fn kind(&self) -> BackendKind {
+        match self.backend {
+            Backend::Sqlite(_) => BackendKind::Sqlite,
+            Backend::Postgres(_) => BackendKind::Postgres,
+        }
+    }
+
+    /// Applies the backend's migrations that have not run yet. Safe to call on every start.
+    pub async fn migrate(&self) -> Result<()> {
+        match &self.backend {
+            Backend::Sqlite(pool) => migrator("sqlite", SQLITE_MIGRATIONS).run(pool).await?,
+            Backend::Postgres(pool) => migrator("postgres", POSTGRES_MIGRATIONS).run(pool).await?,
+        }
+        Ok(())
+    }
+
+    pub async fn close(&self) {
+        dispatch!(self, pool => pool.close().await)
+    }
+
+    // ----- advisories -------------------------------------------------------------------
+
+    /// Stores what a feed reported. The same `(source, external_id)` with the same content
+    /// stores nothing; changed content becomes the next revision of the same advisory.
+    pub async fn upsert_advisory(&self, content: &AdvisoryContent, now: DateTime<Utc>) -> Result<Upserted> {
+        content.validate().map_err(|why| StoreError::Invalid { what: "advisory", why })?;
+        let now = db_time(now);
+        let json = to_json(content);
+        dispatch!(self, pool => {
+            let mut tx = pool.begin_write().await?;
+            let existing: Option<(String, i32, String)> = sqlx::query_as(
+                "SELECT id, revision, content FROM advisories WHERE source = $1 AND external_id = $2",
+            )
+            .bind(&content.source)
+            .bind(&content.external_id)
+            .fetch_optional(&mut *tx)
+            .await?;
+            let out = match existing {
+                None => {
+                    let id = AdvisoryId::from_suffix(&suffix());
+                    sqlx::query(
+                        "INSERT INTO advisories (id, source, external_id, revision, content, first_seen, last_changed)
+                         VALUES ($1, $2, $3, 1, $4, $5, $5)",
+                    )
+                    .bind(id.as_str()).bind(&content.source).bind(&content.external_id).bind(&json).bind(now)
+                    .execute(&mut *tx).await?;
+                    sqlx::query("INSERT INTO advisory_revisions (advisory_id, revision, content, collected_at) VALUES ($1, 1, $2, $3)")
+                        .bind(id.as_str()).bind(&json).bind(now)
+                        .execute(&mut *tx).await?;
+                    Upserted { id, revision: 1, change: Change::New }
+                }
+                Some((id, revision, old)) => {
+                    let id = parse_id::<AdvisoryId>(&id)?;
+                    if old == json {
+                        Upserted { id, revision, change: Change::Unchanged }
+                    } else {
+                        let next = revision + 1;
+                        sqlx::query("UPDATE advisories SET revision = $1, content = $2, last_changed = $3 WHERE id = $4")
+                            .bind(next).bind(&json).bind(now).bind(id.as_str())
+                            .execute(&mut *tx).await?;
+                        sqlx::query("INSERT INTO advisory_revisions (advisory_id, revision, content, collected_at) VALUES ($1, $2, $3, $4)")
+                            .bind(id.as_str()).bind(next).bind(&json).bind(now)
+                            .execute(&mut *tx).await?;
+                        Upserted { id, revision: next, change: Change::Revised }
+                    }
+                }
+            };
+            tx.commit().await?;
+            Ok(out)
+        })
+    }
+
+    pub async fn get_advisory(&self, id: &AdvisoryId) -> Result<Advisory> {
+        dispatch!(self, pool => {
+            let row: Option<AdvisoryRow> = sqlx::query_as(
+                "SELECT id, revision, content, first_seen, last_changed FROM advisories WHERE id = $1",
+            )
+            .bind(id.as_str())
+            .fetch_optional(pool)
+            .await?;
+            row.ok_or_else(|| not_found("advisory", id))?.into_advisory()
+        })
+    }
+
+    /// Every stored revision of an advisory, oldest first.
+    pub async fn advisory_revisions(&self, id: &AdvisoryId) -> Result<Vec<Revision>> {
+        dispatch!(self, pool => {
+            let rows: Vec<(i32, DateTime<Utc>, String)> = sqlx::query_as(
+                "SELECT revision, collected_at, content FROM advisory_revisions WHERE advisory_id = $1 ORDER BY revision",
+            )
+            .bind(id.as_str())
+            .fetch_all(pool)
+            .await?;
+            rows.into_iter()
+                .map(|(revision, collected_at, content)| Ok(Revision { revision, collected_at, content: from_json(&content)? }))
+                .collect()
+        })
+    }
+
+    /// Advisories whose latest revision has no assessment yet: triage's queue.
+    pub async fn advisories_to_assess(&self, limit: i64) -> Result<Vec<Advisory>> {
+        dispatch!(self, pool => {
+            let rows: Vec<AdvisoryRow> = sqlx::query_as(
+                "SELECT a.id, a.revision, a.content, a.first_seen, a.last_changed FROM advisories a
+                 LEFT JOIN assessments s ON s.advisory_id = a.id AND s.advisory_revision = a.revision
+                 WHERE s.advisory_id IS NULL ORDER BY a.last_changed, a.id LIMIT $1",
+            )
+            .bind(limit)
+            .fetch_all(pool)
+            .await?;
+            rows.into_iter().map(AdvisoryRow::into_advisory).collect()
+        })
+    }
+
+    pub async fn save_assessment(&self, a: &Assessment, now: DateTime<Utc>) -> Result<()> {
+        let now = db_time(now);
+        dispatch!(self, pool => {
+            sqlx::query(
+                "INSERT INTO assessments (advisory_id, advisory_revision, relevant, threat_level, score, reasons, assessed_at)
+                 VALUES ($1, $2, $3, $4, $5, $6, $7)
+                 ON CONFLICT (advisory_id, advisory_revision) DO UPDATE SET relevant = excluded.relevant,
+                   threat_level = excluded.threat_level, score = excluded.score, reasons = excluded.reasons,
+                   assessed_at = excluded.assessed_at",
+            )
+            .bind(a.advisory_id.as_str())
+            .bind(a.advisory_revision)
+            .bind(a.relevant)
+            .bind(a.threat_level.as_str())
+            .bind(a.score)
+            .bind(to_json(&a.reasons))
+            .bind(now)
+            .execute(pool)
+            .await
+            .map_err(|e| match e.as_database_error() {
+                Some(d) if d.is_foreign_key_violation() => not_found("advisory", &a.advisory_id),
+                _ => StoreError::Database(e),
+            })?;
+            Ok(())
+        })
+    }
+
+    /// Assessed advisories, most relevant first.
+    pub async fn list_candidates(&self, filter: &CandidateFilter) -> Result<Vec<Candidate>> {
+        dispatch!(self, pool => {
+            let rows: Vec<CandidateRow> = sqlx::query_as(
+                "SELECT a.id, a.revision, a.content, a.first_seen, a.last_changed,
+                        s.relevant, s.threat_level, s.score, s.reasons
+                 FROM advisories a
+                 JOIN assessments s ON s.advisory_id = a.id AND s.advisory_revision = a.revision
+                 WHERE s.relevant OR $1
+                 ORDER BY s.score DESC, a.last_changed DESC, a.id LIMIT $2",
+            )
+            .bind(filter.include_irrelevant)
+            .bind(filter.limit.unwrap_or(500))
+            .fetch_all(pool)
+            .await?;
+            rows.into_iter().map(CandidateRow::into_candidate).collect()
+        })
+    }
+
+    /// Triage's verdict on the latest revision of one advisory, if it has one yet.
+    pub async fn latest_assessment(&self, id: &AdvisoryId) -> Result<Option<Assessment>> {
+        dispatch!(self, pool => {
+            let row: Option<CandidateRow> = sqlx::query_as(
+                "SELECT a.id, a.revision, a.content, a.first_seen, a.last_changed,
+                        s.relevant, s.threat_level, s.score, s.reasons
+                 FROM advisories a
+                 JOIN assessments s ON s.advisory_id = a.id AND s.advisory_revision = a.revision
+                 WHERE a.id = $1",
+            )
+            .bind(id.as_str())
+            .fetch_optional(pool)
+            .await?;
+            row.map(|r| r.into_candidate().map(|c| c.assessment)).transpose()
+        })
+    }
+
+    // ----- feeds ------------------------------------------------------------------------
+
+    pub async fn feed_state(&self, feed_id: &str) -> Result<Option<FeedState>> {
+        dispatch!(self, pool => {
+            let row: Option<FeedStateRow> = sqlx::query_as("SELECT * FROM feed_state WHERE feed_id = $1")
+                .bind(feed_id)
+                .fetch_optional(pool)
+                .await?;
+            Ok(row.map(Into::into))
+        })
+    }
+
+    pub async fn list_feed_states(&self) -> Result<Vec<FeedState>> {
+        dispatch!(self, pool => {
+            let rows: Vec<FeedStateRow> = sqlx::query_as("SELECT * FROM feed_state ORDER BY feed_id")
+                .fetch_all(pool)
+                .await?;
+            Ok(rows.into_iter().map(Into::into).collect())
+        })
+    }
+
+    /// Records a successful fetch. `validators` are the new ETag / Last-Modified, or `None`
+    /// to keep the stored ones (a 304 Not Modified).
+    pub async fn record_feed_success(
+        &self,
+        feed_id: &str,
+        validators: Option<(Option<String>, Option<String>)>,
+        items: i64,
+        now: DateTime<Utc>,
+    ) -> Result<()> {
+        let now = db_time(now);
+        let replace = validators.is_some();
+        let (etag, last_modified) = validators.unwrap_or((None, None));
+        dispatch!(self, pool => {
+            sqlx::query(
+                "INSERT INTO feed_state (feed_id, etag, last_modified, last_attempt, last_success, last_error, consecutive_failures, items_seen)
+                 VALUES ($1, $2, $3, $4, $4, NULL, 0, $5)
+                 ON CONFLICT (feed_id) DO UPDATE SET
+                   etag = CASE WHEN $6 THEN excluded.etag ELSE feed_state.etag END,
+                   last_modified = CASE WHEN $6 THEN excluded.last_modified ELSE feed_state.last_modified END,
+                   last_attempt = excluded.last_attempt, last_success = excluded.last_success,
+                   last_error = NULL, consecutive_failures = 0,
+                   items_seen = feed_state.items_seen + excluded.items_seen",
+            )
+            .bind(feed_id).bind(etag).bind(last_modified).bind(now).bind(items).bind(replace)
+            .execute(pool)
+            .await?;
+            Ok(())
+        })
+    }
+
+    pub async fn record_feed_failure(&self, feed_id: &str, error: &str, now: DateTime<Utc>) -> Result<()> {
+        let now = db_time(now);
+        dispatch!(self, pool => {
+            sqlx::query(
+                "INSERT INTO feed_state (feed_id, last_attempt, last_error, consecutive_failures, items_seen)
+                 VALUES ($1, $2, $3, 1, 0)
+                 ON CONFLICT (feed_id) DO UPDATE SET last_attempt = excluded.last_attempt,
+                   last_error = excluded.last_error,
+                   consecutive_failures = feed_state.consecutive_failures + 1",
+            )
+            .bind(feed_id).bind(now).bind(error)
+            .execute(pool)
+            .await?;
+            Ok(())
+        })
+    }
+
+    // ----- analysts ---------------------------------------------------------------------
+
+    /// Creates an analyst whose API token hashes to `token_hash`.
+    pub async fn create_analyst(
+        &self,
+        name: &str,
+        role: Role,
+        token_hash: &str,
+        now: DateTime<Utc>,
+    ) -> Result<Analyst> {
+        let name = name.trim();
+        if name.is_empty() || name.len() > 100 {
+            return Err(StoreError::Invalid {
+                what: "analyst name",
+                why: format!("`{name}` must be 1–100 characters"),
+            });
+        }
+        let analyst = Analyst {
+            id: AnalystId::from_suffix(&suffix()),
+            name: name.to_owned(),
+            role,
+            created_at: db_time(now),
+        };
+        dispatch!(self, pool => {
+            sqlx::query("INSERT INTO analysts (id, name, role, token_hash, created_at) VALUES ($1, $2, $3, $4, $5)")
+                .bind(analyst.id.as_str()).bind(&analyst.name).bind(role.as_str()).bind(token_hash).bind(analyst.created_at)
+                .execute(pool)
+                .await
+                .map_err(|e| unique_as_conflict(e, || format!("analyst `{name}` already exists")))?;
+            Ok(analyst)
+        })
+    }
+
+    /// Replaces an analyst's API token (the old one stops working at once).
+    pub async fn set_analyst_token(&self, name: &str, token_hash: &str) -> Result<()> {
+        dispatch!(self, pool => {
+            let done = sqlx::query("UPDATE analysts SET token_hash = $1 WHERE name = $2")
+                .bind(token_hash).bind(name)
+                .execute(pool).await?;
+            if done.rows_affected() == 0 { Err(not_found("analyst", name)) } else { Ok(()) }
+        })
+    }
+
+    pub async fn analyst_by_token_hash(&self, token_hash: &str) -> Result<Option<Analyst>> {
+        dispatch!(self, pool => {
+            let row: Option<AnalystRow> = sqlx::query_as("SELECT id, name, role, created_at FROM analysts WHERE token_hash = $1")
+                .bind(token_hash).fetch_optional(pool).await?;
+            row.map(AnalystRow::into_analyst).transpose()
+        })
+    }
+
+    pub async fn analyst_by_name(&self, name: &str) -> Result<Analyst> {
+        dispatch!(self, pool => {
+            let row: Option<AnalystRow> = sqlx::query_as("SELECT id, name, role, created_at FROM analysts WHERE name = $1")
+                .bind(name).fetch_optional(pool).await?;
+            row.ok_or_else(|| not_found("analyst", name))?.into_analyst()
+        })
+    }
+
+    pub async fn list_analysts(&self) -> Result<Vec<Analyst>> {
+        dispatch!(self, pool => {
+            let rows: Vec<AnalystRow> = sqlx::query_as("SELECT id, name, role, created_at FROM analysts ORDER BY name")
+                .fetch_all(pool).await?;
+            rows.into_iter().map(AnalystRow::into_analyst).collect()
+        })
+    }
+
+    // ----- bulletins --------------------------------------------------------------------
+
+    /// Creates a draft written by `author` from the given advisories, with the next human
+    /// reference of the year (`{prefix}-{year}-{seq:04}`).
+    pub async fn create_bulletin(
+        &self,
+        content: &BulletinContent,
+        advisory_ids: &[AdvisoryId],
+        author: &AnalystId,
+        prefix: &str,
+        now: DateTime<Utc>,
+    ) -> Result<Bulletin> {
+        content.validate().map_err(|why| StoreError::Invalid { what: "bulletin", why })?;
+        let now = db_time(now);
+        let year = now.year();
+        let id = BulletinId::from_suffix(&suffix());
+        dispatch!(self, pool => {
+            let mut tx = pool.begin_write().await?;
+            for adv in advisory_ids {
+                let found: Option<(String,)> = sqlx::query_as("SELECT id FROM advisories WHERE id = $1")
+                    .bind(adv.as_str()).fetch_optional(&mut *tx).await?;
+                if found.is_none() {
+                    return Err(not_found("advisory", adv));
+                }
+            }
+            let author_found: Option<(String,)> = sqlx::query_as("SELECT id FROM analysts WHERE id = $1")
+                .bind(author.as_str()).fetch_optional(&mut *tx).await?;
+            if author_found.is_none() {
+                return Err(not_found("analyst", author));
+            }
+            let (seq,): (i64,) = sqlx::query_as(
+                "INSERT INTO bulletin_seq (year, last) VALUES ($1, 1)
+                 ON CONFLICT (year) DO UPDATE SET last = bulletin_seq.last + 1 RETURNING last",
+            )
+            .bind(year).fetch_one(&mut *tx).await?;
+            let reference = broadcast_core::reference(prefix, year, seq);
+            sqlx::query(
+                "INSERT INTO bulletins (id, reference, state, content, advisory_ids, author_id, approver_id, review_comment,
+                                        created_at, updated_at, published_at, version)
+                 VALUES ($1, $2, 'draft', $3, $4, $5, NULL, NULL, $6, $6, NULL, 1)",
+            )
+            .bind(id.as_str()).bind(&reference).bind(to_json(content)).bind(to_json(&advisory_ids))
+            .bind(author.as_str()).bind(now)
+            .execute(&mut *tx).await?;
+            insert_event!(tx, id, "create", author, None, BulletinState::Draft, None::<&str>, now)?;
+            tx.commit().await?;
+            Ok(Bulletin {
+                id, reference, state: BulletinState::Draft, content: content.clone(),
+                advisory_ids: advisory_ids.to_vec(), author: author.clone(), approver: None, review_comment: None,
+                created_at: now, updated_at: now, published_at: None, version: 1,
+            })
+        })
+    }
+
+    /// Finds a bulletin by id (`blt_…`) or human reference (`HCB-2026-0042`).
+    pub async fn get_bulletin(&self, key: &str) -> Result<Bulletin> {
+        dispatch!(self, pool => {
+            let row: Option<BulletinRow> = sqlx::query_as("SELECT * FROM bulletins WHERE id = $1 OR reference = $1")
+                .bind(key).fetch_optional(pool).await?;
+            row.ok_or_else(|| not_found("bulletin", key))?.into_bulletin()
+        })
+    }
+
+    pub async fn list_bulletins(&self, state: Option<BulletinState>) -> Result<Vec<Bulletin>> {
+        dispatch!(self, pool => {
+            let rows: Vec<BulletinRow> = sqlx::query_as(
+                "SELECT * FROM bulletins WHERE ($1 IS NULL OR state = $1) ORDER BY created_at DESC, id",
+            )
+            .bind(state.map(|s| s.as_str()))
+            .fetch_all(pool).await?;
+            rows.into_iter().map(BulletinRow::into_bulletin).collect()
+        })
+    }
+
+    /// Replaces a draft's content. Fails if it is no longer a draft or if `expected_version`
+    /// is given and the bulletin changed since.
+    pub async fn update_bulletin_content(
+        &self,
+        key: &str,
+        content: &BulletinContent,
+        actor: &AnalystId,
+        expected_version: Option<i32>,
+        now: DateTime<Utc>,
+    ) -> Result<Bulletin> {
+        content.validate().map_err(|why| StoreError::Invalid { what: "bulletin", why })?;
+        let now = db_time(now);
+        let current = self.get_bulletin(key).await?;
+        if !current.state.is_editable() {
+            return Err(StoreError::Conflict(format!(
+                "bulletin {} is {}; only drafts can be edited",
+                current.reference, current.state
+            )));
+        }
+        let version = expected_version.unwrap_or(current.version);
+        dispatch!(self, pool => {
+            let mut tx = pool.begin_write().await?;
+            let done = sqlx::query(
+                "UPDATE bulletins SET content = $1, updated_at = $2, version = version + 1
+                 WHERE id = $3 AND state = 'draft' AND version = $4",
+            )
+            .bind(to_json(content)).bind(now).bind(current.id.as_str()).bind(version)
+            .execute(&mut *tx).await?;
+            if done.rows_affected() == 0 {
+                return Err(StoreError::Conflict(format!(
+                    "bulletin {} changed while you were editing (expected version {version}); reload and retry",
+                    current.reference
+                )));
+            }
+            insert_event!(tx, current.id, "edit", actor, Some(BulletinState::Draft), BulletinState::Draft, None::<&str>, now)?;
+            tx.commit().await?;
+            Ok::<(), StoreError>(())
+        })?;
+        self.get_bulletin(current.id.as_str()).await
+    }
+
+    /// Applies `action` by `actor` to a bulletin.
+    ///
+    /// The core state machine decides whether the move is legal and applies the four-eyes
+    /// rule; the UPDATE then only succeeds if the bulletin is still in the state (and
+    /// version) that decision was made on, and — for approve and reject — if the actor is
+    /// not the stored author. Publishing writes one outbox row per recipient and channel in
+    /// the same transaction; withdrawing a published bulletin cancels its pending rows.
+    pub async fn transition_bulletin(
+        &self,
+        key: &str,
+        action: Action,
+        actor: &AnalystId,
+        comment: Option<&str>,
+        expected_version: Option<i32>,
+        now: DateTime<Utc>,
+    ) -> Result<Transitioned> {
+        let now = db_time(now);
+        let current = self.get_bulletin(key).await?;
+        let next = current.check(action, actor)?;
+        let version = expected_version.unwrap_or(current.version);
+        let approver = if action == Action::Approve { Some(actor.clone()) } else { current.approver.clone() };
+        let published_at = if action == Action::Publish { Some(now) } else { current.published_at };
+        let review_comment = match (action, comment) {
+            (Action::Approve | Action::Reject, Some(c)) => Some(c.to_owned()),
+            _ => current.review_comment.clone(),
+        };
+        let four_eyes: i32 = action.needs_second_pair_of_eyes().into();
+        let (created, cancelled) = dispatch!(self, pool => {
+            let mut tx = pool.begin_write().await?;
+            let done = sqlx::query(
+                "UPDATE bulletins SET state = $1, version = version + 1, updated_at = $2, approver_id = $3,
+                        published_at = $4, review_comment = $5
+                 WHERE id = $6 AND state = $7 AND version = $8 AND ($9 = 0 OR author_id <> $10)",
+            )
+            .bind(next.as_str()).bind(now).bind(approver.as_ref().map(|a| a.as_str())).bind(published_at)
+            .bind(review_comment.as_deref()).bind(current.id.as_str()).bind(current.state.as_str()).bind(version)
+            .bind(four_eyes).bind(actor.as_str())
+            .execute(&mut *tx).await?;
+            if done.rows_affected() == 0 {
+                return Err(StoreError::Conflict(format!(
+                    "bulletin {} changed before it could be {}d (expected {} at version {version}); reload and retry",
+                    current.reference, action, current.state
+                )));
+            }
+            insert_event!(tx, current.id, action.as_str(), actor, Some(current.state), next, comment, now)?;
+            let mut created = 0;
+            let mut cancelled = 0;
+            if action == Action::Publish {
+                let mut b = current.clone();
+                b.state = next;
+                created = fan_out!(tx, &b, now);
+            }
+            if action == Action::Withdraw {
+                cancelled = sqlx::query(
+                    "UPDATE deliveries SET state = 'cancelled', reason = 'bulletin withdrawn', lease_until = NULL, leased_by = NULL
+                     WHERE bulletin_id = $1 AND state = 'pending'",
+                )
+                .bind(current.id.as_str()).execute(&mut *tx).await?.rows_affected();
+            }
+            tx.commit().await?;
+            Ok::<_, StoreError>((created, cancelled))
+        })?;
+        let bulletin = self.get_bulletin(current.id.as_str()).await?;
+        Ok(Transitioned { bulletin, deliveries_created: created, deliveries_cancelled: cancelled })
+    }
+
+    pub async fn bulletin_events(&self, id: &BulletinId) -> Result<Vec<BulletinEvent>> {
+        dispatch!(self, pool => {
+            let rows: Vec<BulletinEventRow> = sqlx::query_as(
+                "SELECT action, actor_id, from_state, to_state, comment, at FROM bulletin_events WHERE bulletin_id = $1 ORDER BY id",
+            )
+            .bind(id.as_str()).fetch_all(pool).await?;
+            Ok(rows.into_iter().map(Into::into).collect())
+        })
+    }
+
+    // ----- subscribers ------------------------------------------------------------------
+
+    pub async fn create_organisation(
+        &self,
+        name: &str,
+        tlp_clearance: Tlp,
+        min_threat_level: ThreatLevel,
+        now: DateTime<Utc>,
+    ) -> Result<Organisation> {
+        let name = name.trim();
+        if name.is_empty() || name.chars().count() > 200 {
+            return Err(StoreError::Invalid {
+                what: "organisation name",
+                why: format!("`{name}` must be 1–200 characters"),
+            });
+        }
+        let org = Organisation {
+            id: OrgId::from_suffix(&suffix()),
+            name: name.to_owned(),
+            tlp_clearance,
+            min_threat_level,
+            created_at: db_time(now),
+        };
+        dispatch!(self, pool => {
+            sqlx::query("INSERT INTO organisations (id, name, tlp_clearance, min_threat_level, created_at) VALUES ($1, $2, $3, $4, $5)")
+                .bind(org.id.as_str()).bind(&org.name).bind(tlp_clearance.as_str()).bind(min_threat_level.as_str()).bind(org.created_at)
+                .execute(pool).await
+                .map_err(|e| unique_as_conflict(e, || format!("organisation `{name}` already exists")))?;
+            Ok(org)
+        })
+    }
+
+    /// Finds an organisation by id or exact name.
+    pub async fn get_organisation(&self, key: &str) -> Result<Organisation> {
+        dispatch!(self, pool => {
+            let row: Option<OrgRow> = sqlx::query_as("SELECT * FROM organisations WHERE id = $1 OR name = $1")
+                .bind(key).fetch_optional(pool).await?;
+            row.ok_or_else(|| not_found("organisation", key))?.into_org()
+        })
+    }
+
+    pub async fn list_organisations(&self) -> Result<Vec<Organisation>> {
+        dispatch!(self, pool => {
+            let rows: Vec<OrgRow> = sqlx::query_as("SELECT * FROM organisations ORDER BY name").fetch_all(pool).await?;
+            rows.into_iter().map(OrgRow::into_org).collect()
+        })
+    }
+
+    /// Adds an email contact to an organisation (by id or name).
+    pub async fn add_contact(
+        &self,
+        org: &str,
+        email: &str,
+        name: &str,
+        now: DateTime<Utc>,
+    ) -> Result<Contact> {
+        broadcast_core::validate_email(email)
+            .map_err(|why| StoreError::Invalid { what: "contact email", why })?;
+        let org = self.get_organisation(org).await?;
+        let contact = Contact {
+            id: ContactId::from_suffix(&suffix()),
+            org_id: org.id.clone(),
+            email: email.trim().to_owned(),
+            name: name.trim().to_owned(),
+            unsubscribed: false,
+            created_at: db_time(now),
+        };
+        dispatch!(self, pool => {
+            sqlx::query("INSERT INTO contacts (id, org_id, email, name, unsubscribed, created_at) VALUES ($1, $2, $3, $4, FALSE, $5)")
+                .bind(contact.id.as_str()).bind(org.id.as_str()).bind(&contact.email).bind(&contact.name).bind(contact.created_at)
+                .execute(pool).await
+                .map_err(|e| unique_as_conflict(e, || format!("`{email}` is already a contact of {}", org.name)))?;
+            Ok(contact)
+        })
+    }
+
+    /// Adds a webhook endpoint. The URL must already be checked by the caller's policy; the
+    /// store only refuses what is not http(s).
+    pub async fn add_endpoint(
+        &self,
+        org: &str,
+        url: &str,
+        secret: &str,
+        now: DateTime<Utc>,
+    ) -> Result<Endpoint> {
+        let lower = url.trim().to_ascii_lowercase();
+        if !(lower.starts_with("https://") || lower.starts_with("http://")) {
+            return Err(StoreError::Invalid {
+                what: "endpoint URL",
+                why: format!("`{url}` is not an http(s) URL"),
+            });
+        }
+        let org = self.get_organisation(org).await?;
+        let ep = Endpoint {
+            id: EndpointId::from_suffix(&suffix()),
+            org_id: org.id.clone(),
+            url: url.trim().to_owned(),
+            secret: secret.to_owned(),
+            enabled: true,
+            created_at: db_time(now),
+        };
+        dispatch!(self, pool => {
+            sqlx::query("INSERT INTO endpoints (id, org_id, url, secret, enabled, created_at) VALUES ($1, $2, $3, $4, TRUE, $5)")
+                .bind(ep.id.as_str()).bind(org.id.as_str()).bind(&ep.url).bind(&ep.secret).bind(ep.created_at)
+                .execute(pool).await?;
+            Ok(ep)
+        })
+    }
+
+    pub async fn list_contacts(&self, org_id: &OrgId) -> Result<Vec<Contact>> {
+        dispatch!(self, pool => {
+            let rows: Vec<ContactRow> = sqlx::query_as("SELECT * FROM contacts WHERE org_id = $1 ORDER BY email")
+                .bind(org_id.as_str()).fetch_all(pool).await?;
+            rows.into_iter().map(ContactRow::into_contact).collect()
+        })
+    }
+
+    pub async fn list_endpoints(&self, org_id: &OrgId) -> Result<Vec<Endpoint>> {
+        dispatch!(self, pool => {
+            let rows: Vec<EndpointRow> = sqlx::query_as("SELECT * FROM endpoints WHERE org_id = $1 ORDER BY created_at, id")
+                .bind(org_id.as_str()).fetch_all(pool).await?;
+            rows.into_iter().map(EndpointRow::into_endpoint).collect()
+        })
+    }
+
+    pub async fn get_contact(&self, id: &ContactId) -> Result<Contact> {
+        dispatch!(self, pool => {
+            let row: Option<ContactRow> = sqlx::query_as("SELECT * FROM contacts WHERE id = $1")
+                .bind(id.as_str()).fetch_optional(pool).await?;
+            row.ok_or_else(|| not_found("contact", id))?.into_contact()
+        })
+    }
+
+    pub async fn get_endpoint(&self, id: &EndpointId) -> Result<Endpoint> {
+        dispatch!(self, pool => {
+            let row: Option<EndpointRow> = sqlx::query_as("SELECT * FROM endpoints WHERE id = $1")
+                .bind(id.as_str()).fetch_optional(pool).await?;
+            row.ok_or_else(|| not_found("endpoint", id))?.into_endpoint()
+        })
+    }
+
+    /// Marks a contact unsubscribed and suppresses its pending email deliveries.
+    pub async fn unsubscribe_contact(&self, id: &ContactId) -> Result<Contact> {
+        dispatch!(self, pool => {
+            let mut tx = pool.begin_write().await?;
+            let done = sqlx::query("UPDATE contacts SET unsubscribed = TRUE WHERE id = $1")
+                .bind(id.as_str()).execute(&mut *tx).await?;
+            if done.rows_affected() == 0 {
+                return Err(not_found("contact", id));
+            }
+            sqlx::query(
+                "UPDATE deliveries SET state = 'suppressed', reason = 'unsubscribed', lease_until = NULL, leased_by = NULL
+                 WHERE channel = 'email' AND recipient_id = $1 AND state = 'pending'",
+            )
+            .bind(id.as_str()).execute(&mut *tx).await?;
+            tx.commit().await?;
+            Ok::<(), StoreError>(())
+        })?;
+        self.get_contact(id).await
+    }
+
+    // ----- outbox -----------------------------------------------------------------------
+
+    /// Leases up to `limit` due deliveries to `worker` until `now + lease`. Rows whose
+    /// worker died come back once their lease expires. On PostgreSQL concurrent workers
+    /// skip each other's rows (`FOR UPDATE SKIP LOCKED`).
+    pub async fn claim_due_deliveries(
+        &self,
+        worker: &str,
+        now: DateTime<Utc>,
+        lease: Duration,
+        limit: i64,
+    ) -> Result<Vec<Delivery>> {
+        let now = db_time(now);
+        let until = now + chrono::Duration::from_std(lease).unwrap_or(chrono::Duration::seconds(60));
+        dispatch!(self, pool => {
+            let sql = format!(
+                "UPDATE deliveries SET lease_until = $1, leased_by = $2
+                 WHERE id IN (SELECT id FROM deliveries
+                              WHERE state = 'pending' AND next_attempt_at <= $3
+                                AND (lease_until IS NULL OR lease_until <= $3)
+                              ORDER BY next_attempt_at, id LIMIT $4{})
+                 RETURNING {DELIVERY_COLUMNS}",
+                pool_skip_locked(pool)
+            );
+            let mut tx = pool.begin_write().await?;
+            let rows: Vec<DeliveryRow> = sqlx::query_as(sqlx::AssertSqlSafe(sql))
+                .bind(until).bind(worker).bind(now).bind(limit)
+                .fetch_all(&mut *tx).await?;
+            tx.commit().await?;
+            let mut out = rows.into_iter().map(DeliveryRow::into_delivery).collect::<Result<Vec<_>>>()?;
+            out.sort_by(|a, b| a.next_attempt_at.cmp(&b.next_attempt_at).then(a.id.cmp(&b.id)));
+            Ok(out)
+        })
+    }
+
+    /// When the earliest pending delivery is due (ignoring leases), if any.
+    pub async fn next_due_at(&self) -> Result<Option<DateTime<Utc>>> {
+        dispatch!(self, pool => {
+            let row: Option<(DateTime<Utc>,)> = sqlx::query_as(
+                "SELECT next_attempt_at FROM deliveries WHERE state = 'pending' ORDER BY next_attempt_at LIMIT 1",
+            )
+            .fetch_optional(pool).await?;
+            Ok(row.map(|r| r.0))
+        })
+    }
+
+    /// Records one attempt and moves the delivery on: delivered, due again later, or failed.
+    pub async fn record_attempt(&self, id: &DeliveryId, rec: &AttemptRecord) -> Result<Delivery> {
+        let started = db_time(rec.started_at);
+        let (state, reason, next_at, delivered_at, outcome) = match &rec.outcome {
+            AttemptOutcome::Delivered => (
+                DeliveryState::Delivered,
+                None,
+                None,
+                Some(started + chrono::Duration::milliseconds(rec.duration_ms)),
+                "delivered",
+            ),
+            AttemptOutcome::Retry { at, error } => {
+                (DeliveryState::Pending, Some(error.clone()), Some(db_time(*at)), None, "retry")
+            }
+            AttemptOutcome::Failed { error } => {
+                (DeliveryState::Failed, Some(error.clone()), None, None, "failed")
+            }
+        };
+        dispatch!(self, pool => {
+            let mut tx = pool.begin_write().await?;
+            let row: Option<(i32, String)> = sqlx::query_as("SELECT attempts, state FROM deliveries WHERE id = $1")
+                .bind(id.as_str()).fetch_optional(&mut *tx).await?;
+            let Some((attempts, current)) = row else { return Err(not_found("delivery", id)) };
+            let attempt = attempts + 1;
+            sqlx::query(
+                "INSERT INTO delivery_attempts (delivery_id, attempt, started_at, duration_ms, outcome, detail)
+                 VALUES ($1, $2, $3, $4, $5, $6)",
+            )
+            .bind(id.as_str()).bind(attempt).bind(started).bind(rec.duration_ms).bind(outcome).bind(&rec.detail)
+            .execute(&mut *tx).await?;
+            // A row cancelled or suppressed while the attempt was in flight keeps that state;
+            // the attempt is still on record.
+            if current == "pending" {
+                sqlx::query(
+                    "UPDATE deliveries SET state = $1, reason = $2, attempts = $3,
+                        next_attempt_at = COALESCE($4, next_attempt_at), delivered_at = $5,
+                        lease_until = NULL, leased_by = NULL
+                     WHERE id = $6",
+                )
+                .bind(state.as_str()).bind(reason).bind(attempt).bind(next_at).bind(delivered_at).bind(id.as_str())
+                .execute(&mut *tx).await?;
+            } else {
+                sqlx::query("UPDATE deliveries SET attempts = $1 WHERE id = $2")
+                    .bind(attempt).bind(id.as_str()).execute(&mut *tx).await?;
+            }
+            tx.commit().await?;
+            Ok::<(), StoreError>(())
+        })?;
+        self.get_delivery(id).await
+    }
+
+    pub async fn get_delivery(&self, id: &DeliveryId) -> Result<Delivery> {
+        dispatch!(self, pool => {
+            let row: Option<DeliveryRow> = sqlx::query_as(sqlx::AssertSqlSafe(format!("SELECT {DELIVERY_COLUMNS} FROM deliveries WHERE id = $1")))
+                .bind(id.as_str()).fetch_optional(pool).await?;
+            row.ok_or_else(|| not_found("delivery", id))?.into_delivery()
+        })
+    }
+
+    pub async fn deliveries_for_bulletin(&self, id: &BulletinId) -> Result<Vec<Delivery>> {
+        dispatch!(self, pool => {
+            let rows: Vec<DeliveryRow> = sqlx::query_as(sqlx::AssertSqlSafe(format!(
+                "SELECT {DELIVERY_COLUMNS} FROM deliveries WHERE bulletin_id = $1 ORDER BY channel, address, id"
+            )))
+            .bind(id.as_str()).fetch_all(pool).await?;
+            rows.into_iter().map(DeliveryRow::into_delivery).collect()
+        })
+    }
+
+    /// Count of a bulletin's deliveries in each state (every state present, zero if none).
+    pub async fn delivery_counts(&self, id: &BulletinId) -> Result<BTreeMap<String, i64>> {
+        dispatch!(self, pool => {
+            let rows: Vec<(String, i64)> = sqlx::query_as(
+                "SELECT state, COUNT(*) FROM deliveries WHERE bulletin_id = $1 GROUP BY state",
+            )
+            .bind(id.as_str()).fetch_all(pool).await?;
+            let mut out: BTreeMap<String, i64> =
+                DeliveryState::ALL.iter().map(|s| (s.as_str().to_owned(), 0)).collect();
+            out.extend(rows);
+            Ok(out)
+        })
+    }
+
+    pub async fn delivery_attempts(&self, id: &DeliveryId) -> Result<Vec<Attempt>> {
+        dispatch!(self, pool => {
+            let rows: Vec<(i32, DateTime<Utc>, i64, String, String)> = sqlx::query_as(
+                "SELECT attempt, started_at, duration_ms, outcome, detail FROM delivery_attempts WHERE delivery_id = $1 ORDER BY id",
+            )
+            .bind(id.as_str()).fetch_all(pool).await?;
+            Ok(rows.into_iter().map(|(attempt, started_at, duration_ms, outcome, detail)| Attempt { attempt, started_at, duration_ms, outcome, detail }).collect())
+        })
+    }
+}
+
+fn pool_skip_locked<P: Pool>(_: &P) -> &'static str {
+    P::SKIP_LOCKED
+}
+
+fn parse_id<T: FromStr<Err = broadcast_core::IdError>>(s: &str) -> Result<T> {
+    s.parse().map_err(|e: broadcast_core::IdError| StoreError::Corrupt(e.to_string()))
+}
+
+fn from_json<T: serde::de::DeserializeOwned>(s: &str) -> Result<T> {
+    serde_json::from_str(s).map_err(|e| StoreError::Corrupt(format!("bad JSON column: {e}")))
+}
+
+/// One outbox row to be written by a publish.
+struct NewDelivery {
+    id: String,
+    org_id: String,
+    channel: ChannelKind,
+    recipient_id: String,
+    address: String,
+    state: DeliveryState,
+    reason: Option<String>,
+}
+
+/// Decides every recipient of a bulletin. Recipients that must not receive it get a row
+/// too, in state `suppressed` with the reason, so the record of who was and was not sent a
+/// bulletin is complete.
+fn plan_fan_out(
+    b: &Bulletin,
+    orgs: Vec<OrgRow>,
+    contacts: &[(String, String, String, bool)],
+    endpoints: &[(String, String, String, bool)],
+) -> Result<Vec<NewDelivery>> {
+    let tlp = b.content.tlp;
+    let level = b.content.threat_level;
+    let mut rows: Vec<NewDelivery> = Vec::new();
+    for org in orgs {
+        let org = org.into_org()?;
+        let org_block = if !tlp.may_go_to(org.tlp_clearance) {
+            Some(format!("organisation not cleared for {tlp}"))
+        } else if level < org.min_threat_level {
+            Some(format!("below the organisation's minimum threat level ({})", org.min_threat_level))
+        } else {
+            None
+        };
+        let mut push = |channel, recipient_id: &String, address: &String, reason: Option<String>| {
+            rows.push(NewDelivery {
+                id: DeliveryId::from_suffix(&suffix()).to_string(),
+                org_id: org.id.to_string(),
+                channel,
+                recipient_id: recipient_id.clone(),
+                address: address.clone(),
+                state: if reason.is_some() { DeliveryState::Suppressed } else { DeliveryState::Pending },
+                reason,
+            })
+        };
+        for (cid, _, email, unsubscribed) in contacts.iter().filter(|c| c.1 == org.id.as_str()) {
+            let reason = org_block.clone().or_else(|| unsubscribed.then(|| "unsubscribed".to_owned()));
+            push(ChannelKind::Email, cid, email, reason);
+        }
+        for (eid, _, url, enabled) in endpoints.iter().filter(|e| e.1 == org.id.as_str()) {
+            let reason = org_block.clone().or_else(|| (!enabled).then(|| "endpoint disabled".to_owned()));
+            push(ChannelKind::Webhook, eid, url, reason);
+        }
+    }
+    Ok(rows)
+}

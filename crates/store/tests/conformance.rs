@@ -1,0 +1,628 @@
+//! The store conformance suite: every test here runs once on SQLite and once on PostgreSQL.
+//!
+//! PostgreSQL is the server at `BROADCAST_TEST_POSTGRES_URL` (default
+//! `postgres://postgres@127.0.0.1:5432/postgres`); each test creates its own database and
+//! drops it when it passes. A missing server fails the PostgreSQL half loudly.
+
+use broadcast_core::*;
+use broadcast_store::*;
+use chrono::{DateTime, Duration, TimeZone, Utc};
+use std::future::Future;
+
+fn t0() -> DateTime<Utc> {
+    Utc.with_ymd_and_hms(2026, 3, 4, 10, 0, 0).unwrap()
+}
+
+fn advisory(ext: &str, title: &str) -> AdvisoryContent {
+    let mut a = AdvisoryContent::new("feed-a", ext, title);
+    a.summary = "Summary".into();
+    a.cves = vec!["CVE-2026-0001".into()];
+    a.cvss = Some(Cvss { vector: None, score: 9.8 });
+    a
+}
+
+fn content(title: &str, tlp: Tlp, level: ThreatLevel) -> BulletinContent {
+    BulletinContent {
+        title: title.into(),
+        threat_level: level,
+        tlp,
+        summary: "s".into(),
+        affected_products: vec!["Widget 1.0".into()],
+        remediation: "Patch".into(),
+        references: vec!["https://example.org/a".into()],
+        cves: vec!["CVE-2026-0001".into()],
+    }
+}
+
+pub struct PgGuard {
+    admin_url: String,
+    name: String,
+}
+
+async fn with_sqlite<F, Fut>(test: F)
+where
+    F: FnOnce(Store) -> Fut,
+    Fut: Future<Output = ()>,
+{
+    let dir = tempfile::tempdir().unwrap();
+    let url = format!("sqlite://{}", dir.path().join("test.db").display());
+    let store = Store::connect(&url).await.unwrap();
+    store.migrate().await.unwrap();
+    // Migrations are idempotent.
+    store.migrate().await.unwrap();
+    test(store).await;
+}
+
+async fn with_postgres<F, Fut>(test: F)
+where
+    F: FnOnce(Store) -> Fut,
+    Fut: Future<Output = ()>,
+{
+    let admin_url = std::env::var("BROADCAST_TEST_POSTGRES_URL")
+        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".into());
+    let name = format!("bc_conf_{}", uuid_like());
+    let admin = sqlx::PgPool::connect(&admin_url)
+        .await
+        .unwrap_or_else(|e| panic!("PostgreSQL at {admin_url} is needed for the conformance suite: {e}"));
+    sqlx::query(sqlx::AssertSqlSafe(format!("CREATE DATABASE {name}"))).execute(&admin).await.unwrap();
+    let guard = PgGuard { admin_url: admin_url.clone(), name: name.clone() };
+    let url = db_url(&admin_url, &name);
+    let store = Store::connect(&url).await.unwrap();
+    store.migrate().await.unwrap();
+    store.migrate().await.unwrap();
+    test(store.clone()).await;
+    store.close().await;
+    sqlx::query(sqlx::AssertSqlSafe(format!("DROP DATABASE {} WITH (FORCE)", guard.name)))
+        .execute(&admin)
+        .await
+        .unwrap();
+    let _ = guard.admin_url;
+}
+
+fn db_url(admin_url: &str, name: &str) -> String {
+    let base = admin_url.rsplit_once('/').map(|(b, _)| b).unwrap_or(admin_url);
+    format!("{base}/{name}")
+}
+
+fn uuid_like() -> String {
+    use std::time::{SystemTime, UNIX_EPOCH};
+    let n = SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_nanos();
+    format!("{}_{}", std::process::id(), n % 1_000_000_000_000)
+}
+
+macro_rules! conformance {
+    ($($name:ident),* $(,)?) => {
+        mod sqlite {
+            $( #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+               async fn $name() { super::with_sqlite(super::$name).await } )*
+        }
+        mod postgres {
+            $( #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+               async fn $name() { super::with_postgres(super::$name).await } )*
+        }
+    };
+}
+
+conformance!(
+    advisories_dedupe_and_revise,
+    triage_queue_and_candidates,
+    bulletin_lifecycle_and_four_eyes,
+    publish_fans_out_in_one_transaction,
+    concurrent_approvals_only_one_wins,
+    outbox_leases_and_attempts,
+    concurrent_workers_claim_disjoint_rows,
+    withdraw_cancels_pending,
+    bad_input_is_refused_and_nothing_stored,
+    feed_state_tracks_health,
+);
+
+async fn advisories_dedupe_and_revise(s: Store) {
+    let a = advisory("guid-1", "Widget RCE");
+    let first = s.upsert_advisory(&a, t0()).await.unwrap();
+    assert_eq!((first.revision, first.change), (1, Change::New));
+    let again = s.upsert_advisory(&a, t0() + Duration::minutes(5)).await.unwrap();
+    assert_eq!(again, Upserted { id: first.id.clone(), revision: 1, change: Change::Unchanged });
+
+    let mut edited = a.clone();
+    edited.cvss = Some(Cvss { vector: None, score: 7.5 });
+    let rev = s.upsert_advisory(&edited, t0() + Duration::minutes(10)).await.unwrap();
+    assert_eq!((rev.id.clone(), rev.revision, rev.change), (first.id.clone(), 2, Change::Revised));
+
+    let stored = s.get_advisory(&first.id).await.unwrap();
+    assert_eq!(stored.content, edited);
+    assert_eq!(stored.first_seen, t0());
+    assert_eq!(stored.last_changed, t0() + Duration::minutes(10));
+    let revs = s.advisory_revisions(&first.id).await.unwrap();
+    assert_eq!(revs.iter().map(|r| r.revision).collect::<Vec<_>>(), vec![1, 2]);
+    assert_eq!(revs[0].content, a);
+
+    // Same external id from another source is another advisory.
+    let mut other = a.clone();
+    other.source = "feed-b".into();
+    assert_eq!(s.upsert_advisory(&other, t0()).await.unwrap().change, Change::New);
+}
+
+async fn triage_queue_and_candidates(s: Store) {
+    let x = s.upsert_advisory(&advisory("x", "X"), t0()).await.unwrap();
+    let y = s.upsert_advisory(&advisory("y", "Y"), t0() + Duration::seconds(1)).await.unwrap();
+    let queue = s.advisories_to_assess(10).await.unwrap();
+    assert_eq!(queue.iter().map(|a| a.id.clone()).collect::<Vec<_>>(), vec![x.id.clone(), y.id.clone()]);
+
+    let verdict = |id: &AdvisoryId, rev, relevant, score| Assessment {
+        advisory_id: id.clone(),
+        advisory_revision: rev,
+        relevant,
+        threat_level: ThreatLevel::High,
+        score,
+        reasons: vec![format!("reason for {id}")],
+    };
+    s.save_assessment(&verdict(&x.id, 1, true, 2.0), t0()).await.unwrap();
+    s.save_assessment(&verdict(&y.id, 1, false, 5.0), t0()).await.unwrap();
+    assert!(s.advisories_to_assess(10).await.unwrap().is_empty());
+
+    let c = s.list_candidates(&CandidateFilter::default()).await.unwrap();
+    assert_eq!(c.len(), 1);
+    assert_eq!(c[0].advisory.id, x.id);
+    assert_eq!(c[0].assessment.reasons, vec![format!("reason for {}", x.id)]);
+    let all = s.list_candidates(&CandidateFilter { include_irrelevant: true, limit: None }).await.unwrap();
+    assert_eq!(
+        all.iter().map(|c| c.advisory.id.clone()).collect::<Vec<_>>(),
+        vec![y.id.clone(), x.id.clone()]
+    );
+
+    // A new revision goes back on the queue, and its old verdict no longer shows.
+    let mut changed = advisory("x", "X");
+    changed.title = "X (updated)".into();
+    s.upsert_advisory(&changed, t0() + Duration::minutes(1)).await.unwrap();
+    let queue = s.advisories_to_assess(10).await.unwrap();
+    assert_eq!(queue.len(), 1);
+    assert_eq!((queue[0].id.clone(), queue[0].revision), (x.id.clone(), 2));
+    assert!(s.list_candidates(&CandidateFilter::default()).await.unwrap().is_empty());
+    assert!(s.latest_assessment(&x.id).await.unwrap().is_none());
+
+    // An assessment for an advisory that does not exist is refused.
+    let ghost = AdvisoryId::from_suffix("ghost");
+    let err = s.save_assessment(&verdict(&ghost, 1, true, 1.0), t0()).await.unwrap_err();
+    assert!(err.to_string().contains("adv_ghost"), "{err}");
+}
+
+async fn setup_people(s: &Store) -> (Analyst, Analyst, Analyst) {
+    let alice = s.create_analyst("alice", Role::Analyst, "h-alice", t0()).await.unwrap();
+    let bob = s.create_analyst("bob", Role::Approver, "h-bob", t0()).await.unwrap();
+    let carol = s.create_analyst("carol", Role::Approver, "h-carol", t0()).await.unwrap();
+    (alice, bob, carol)
+}
+
+async fn bulletin_lifecycle_and_four_eyes(s: Store) {
+    let (alice, bob, _) = setup_people(&s).await;
+    assert_eq!(s.analyst_by_token_hash("h-bob").await.unwrap().unwrap().name, "bob");
+    assert!(s.analyst_by_token_hash("nope").await.unwrap().is_none());
+    let dup = s.create_analyst("alice", Role::Admin, "h-other", t0()).await.unwrap_err();
+    assert!(matches!(dup, StoreError::Conflict(_)), "{dup}");
+
+    let adv = s.upsert_advisory(&advisory("g", "Widget"), t0()).await.unwrap();
+    let b = s
+        .create_bulletin(
+            &content("Widget RCE", Tlp::Clear, ThreatLevel::High),
+            &[adv.id.clone()],
+            &alice.id,
+            "HCB",
+            t0(),
+        )
+        .await
+        .unwrap();
+    assert_eq!(b.reference, "HCB-2026-0001");
+    assert_eq!(b.state, BulletinState::Draft);
+    let b2 = s
+        .create_bulletin(&content("Second", Tlp::Clear, ThreatLevel::Low), &[], &alice.id, "HCB", t0())
+        .await
+        .unwrap();
+    assert_eq!(b2.reference, "HCB-2026-0002");
+
+    // Drafts are editable; the edit bumps the version.
+    let edited = s
+        .update_bulletin_content(
+            &b.reference,
+            &content("Widget RCE v2", Tlp::Clear, ThreatLevel::High),
+            &alice.id,
+            Some(1),
+            t0(),
+        )
+        .await
+        .unwrap();
+    assert_eq!((edited.version, edited.content.title.as_str()), (2, "Widget RCE v2"));
+    let stale = s
+        .update_bulletin_content(
+            b.id.as_str(),
+            &content("lost update", Tlp::Clear, ThreatLevel::High),
+            &alice.id,
+            Some(1),
+            t0(),
+        )
+        .await
+        .unwrap_err();
+    assert!(matches!(stale, StoreError::Conflict(_)), "{stale}");
+
+    let t = s.transition_bulletin(b.id.as_str(), Action::Submit, &alice.id, None, None, t0()).await.unwrap();
+    assert_eq!(t.bulletin.state, BulletinState::InReview);
+    // No edits once in review.
+    let err = s
+        .update_bulletin_content(
+            b.id.as_str(),
+            &content("sneaky", Tlp::Clear, ThreatLevel::High),
+            &alice.id,
+            None,
+            t0(),
+        )
+        .await
+        .unwrap_err();
+    assert!(err.to_string().contains("only drafts"), "{err}");
+
+    // The author cannot approve.
+    let err =
+        s.transition_bulletin(b.id.as_str(), Action::Approve, &alice.id, None, None, t0()).await.unwrap_err();
+    assert!(matches!(err, StoreError::Transition(TransitionError::FourEyes { .. })), "{err}");
+    assert_eq!(s.get_bulletin(b.id.as_str()).await.unwrap().state, BulletinState::InReview);
+
+    // A stale expected version is refused.
+    let err = s
+        .transition_bulletin(b.id.as_str(), Action::Approve, &bob.id, None, Some(1), t0())
+        .await
+        .unwrap_err();
+    assert!(matches!(err, StoreError::Conflict(_)), "{err}");
+
+    let t = s
+        .transition_bulletin(b.id.as_str(), Action::Approve, &bob.id, Some("looks right"), None, t0())
+        .await
+        .unwrap();
+    assert_eq!(t.bulletin.state, BulletinState::Approved);
+    assert_eq!(t.bulletin.approver, Some(bob.id.clone()));
+    assert_eq!(t.bulletin.review_comment.as_deref(), Some("looks right"));
+
+    // Illegal moves are refused and change nothing.
+    let err =
+        s.transition_bulletin(b.id.as_str(), Action::Submit, &alice.id, None, None, t0()).await.unwrap_err();
+    assert!(matches!(err, StoreError::Transition(TransitionError::Illegal { .. })), "{err}");
+
+    let events = s.bulletin_events(&b.id).await.unwrap();
+    let actions: Vec<_> = events.iter().map(|e| e.action.as_str()).collect();
+    assert_eq!(actions, vec!["create", "edit", "submit", "approve"]);
+    assert_eq!(events[3].actor_id, bob.id.to_string());
+
+    let listed = s.list_bulletins(Some(BulletinState::Approved)).await.unwrap();
+    assert_eq!(listed.len(), 1);
+    assert_eq!(s.list_bulletins(None).await.unwrap().len(), 2);
+}
+
+async fn publish_fans_out_in_one_transaction(s: Store) {
+    let (alice, bob, _) = setup_people(&s).await;
+    let open = s.create_organisation("Open Trust", Tlp::Clear, ThreatLevel::Information, t0()).await.unwrap();
+    let cleared =
+        s.create_organisation("Cleared Trust", Tlp::Amber, ThreatLevel::Information, t0()).await.unwrap();
+    let picky = s.create_organisation("Picky Practice", Tlp::Red, ThreatLevel::High, t0()).await.unwrap();
+    s.add_contact("Open Trust", "a@open.nhs.uk", "A", t0()).await.unwrap();
+    let gone = s.add_contact(open.id.as_str(), "gone@open.nhs.uk", "Gone", t0()).await.unwrap();
+    s.unsubscribe_contact(&gone.id).await.unwrap();
+    s.add_endpoint("Open Trust", "https://soc.open.nhs.uk/hook", "whsec_x", t0()).await.unwrap();
+    s.add_contact("Cleared Trust", "c@cleared.nhs.uk", "C", t0()).await.unwrap();
+    s.add_endpoint(cleared.id.as_str(), "https://soc.cleared.nhs.uk/hook", "whsec_y", t0()).await.unwrap();
+    s.add_contact(picky.id.as_str(), "p@picky.nhs.uk", "P", t0()).await.unwrap();
+
+    let b = s
+        .create_bulletin(
+            &content("Amber medium", Tlp::Amber, ThreatLevel::Medium),
+            &[],
+            &alice.id,
+            "HCB",
+            t0(),
+        )
+        .await
+        .unwrap();
+    for (who, action) in [(&alice, Action::Submit), (&bob, Action::Approve)] {
+        s.transition_bulletin(b.id.as_str(), action, &who.id, None, None, t0()).await.unwrap();
+    }
+    assert!(s.deliveries_for_bulletin(&b.id).await.unwrap().is_empty(), "no rows before publishing");
+    let t = s.transition_bulletin(b.id.as_str(), Action::Publish, &alice.id, None, None, t0()).await.unwrap();
+    assert_eq!(t.bulletin.state, BulletinState::Published);
+    assert_eq!(t.bulletin.published_at, Some(t0()));
+    assert_eq!(t.deliveries_created, 6);
+
+    let rows = s.deliveries_for_bulletin(&b.id).await.unwrap();
+    let summary: Vec<(String, String, Option<String>)> =
+        rows.iter().map(|d| (d.address.clone(), d.state.to_string(), d.reason.clone())).collect();
+    let expect = |addr: &str| summary.iter().find(|r| r.0 == addr).unwrap().clone();
+    assert_eq!(expect("a@open.nhs.uk").1, "suppressed");
+    assert_eq!(expect("a@open.nhs.uk").2.as_deref(), Some("organisation not cleared for TLP:AMBER"));
+    assert_eq!(expect("gone@open.nhs.uk").1, "suppressed");
+    assert_eq!(expect("https://soc.open.nhs.uk/hook").1, "suppressed");
+    assert_eq!(expect("c@cleared.nhs.uk"), ("c@cleared.nhs.uk".into(), "pending".into(), None));
+    assert_eq!(expect("https://soc.cleared.nhs.uk/hook").1, "pending");
+    assert!(expect("p@picky.nhs.uk").2.unwrap().contains("minimum threat level"));
+
+    let counts = s.delivery_counts(&b.id).await.unwrap();
+    assert_eq!(counts["pending"], 2);
+    assert_eq!(counts["suppressed"], 4);
+    assert_eq!(counts["delivered"], 0);
+
+    // Publishing twice is illegal and writes nothing more.
+    assert!(
+        s.transition_bulletin(b.id.as_str(), Action::Publish, &alice.id, None, None, t0()).await.is_err()
+    );
+    assert_eq!(s.deliveries_for_bulletin(&b.id).await.unwrap().len(), 6);
+}
+
+async fn concurrent_approvals_only_one_wins(s: Store) {
+    let (alice, bob, carol) = setup_people(&s).await;
+    let b = s
+        .create_bulletin(&content("Race", Tlp::Clear, ThreatLevel::High), &[], &alice.id, "HCB", t0())
+        .await
+        .unwrap();
+    s.transition_bulletin(b.id.as_str(), Action::Submit, &alice.id, None, None, t0()).await.unwrap();
+    let (s1, s2) = (s.clone(), s.clone());
+    let (id1, id2) = (b.id.to_string(), b.id.to_string());
+    let (bob_id, carol_id) = (bob.id.clone(), carol.id.clone());
+    let h1 = tokio::spawn(async move {
+        s1.transition_bulletin(&id1, Action::Approve, &bob_id, None, Some(2), t0()).await
+    });
+    let h2 = tokio::spawn(async move {
+        s2.transition_bulletin(&id2, Action::Reject, &carol_id, None, Some(2), t0()).await
+    });
+    let (r1, r2) = (h1.await.unwrap(), h2.await.unwrap());
+    assert!(r1.is_ok() != r2.is_ok(), "exactly one of approve/reject must win: {r1:?} / {r2:?}");
+    let events = s.bulletin_events(&b.id).await.unwrap();
+    assert_eq!(events.len(), 3, "create, submit and one review");
+}
+
+async fn published(s: &Store, emails: usize) -> (Bulletin, Vec<Delivery>) {
+    let (alice, bob, _) = setup_people(s).await;
+    let org = s.create_organisation("Trust", Tlp::Clear, ThreatLevel::Information, t0()).await.unwrap();
+    for i in 0..emails {
+        s.add_contact(org.id.as_str(), &format!("u{i:03}@trust.nhs.uk"), "", t0()).await.unwrap();
+    }
+    let b = s
+        .create_bulletin(&content("Out", Tlp::Clear, ThreatLevel::High), &[], &alice.id, "HCB", t0())
+        .await
+        .unwrap();
+    for (who, action) in [(&alice, Action::Submit), (&bob, Action::Approve), (&alice, Action::Publish)] {
+        s.transition_bulletin(b.id.as_str(), action, &who.id, None, None, t0()).await.unwrap();
+    }
+    let rows = s.deliveries_for_bulletin(&b.id).await.unwrap();
+    (b, rows)
+}
+
+async fn outbox_leases_and_attempts(s: Store) {
+    let (b, rows) = published(&s, 3).await;
+    assert_eq!(rows.len(), 3);
+    let lease = std::time::Duration::from_secs(30);
+    let now = t0() + Duration::seconds(1);
+    assert_eq!(s.next_due_at().await.unwrap(), Some(t0()));
+
+    let claimed = s.claim_due_deliveries("w1", now, lease, 2).await.unwrap();
+    assert_eq!(claimed.len(), 2);
+    let rest = s.claim_due_deliveries("w2", now, lease, 10).await.unwrap();
+    assert_eq!(rest.len(), 1, "leased rows are not handed out twice");
+    assert!(s.claim_due_deliveries("w2", now, lease, 10).await.unwrap().is_empty());
+
+    // w1 dies: its rows come back after the lease.
+    let later = now + Duration::seconds(31);
+    let retaken = s.claim_due_deliveries("w3", later, lease, 10).await.unwrap();
+    let mut ids: Vec<_> = retaken.iter().map(|d| d.id.clone()).collect();
+    ids.sort();
+    let mut expected: Vec<_> = claimed.iter().chain(rest.iter()).map(|d| d.id.clone()).collect();
+    expected.sort();
+    assert_eq!(ids, expected);
+
+    let d0 = &retaken[0];
+    let done = s
+        .record_attempt(
+            &d0.id,
+            &AttemptRecord {
+                started_at: later,
+                duration_ms: 12,
+                outcome: AttemptOutcome::Delivered,
+                detail: "250 OK".into(),
+            },
+        )
+        .await
+        .unwrap();
+    assert_eq!(done.state, DeliveryState::Delivered);
+    assert_eq!(done.attempts, 1);
+    assert!(done.delivered_at.is_some());
+
+    let d1 = &retaken[1];
+    let retry_at = later + Duration::seconds(5);
+    let r = s
+        .record_attempt(
+            &d1.id,
+            &AttemptRecord {
+                started_at: later,
+                duration_ms: 3,
+                outcome: AttemptOutcome::Retry { at: retry_at, error: "451 try later".into() },
+                detail: "451 try later".into(),
+            },
+        )
+        .await
+        .unwrap();
+    assert_eq!((r.state, r.attempts, r.next_attempt_at), (DeliveryState::Pending, 1, retry_at));
+    assert_eq!(r.reason.as_deref(), Some("451 try later"));
+    // Not due yet, even though its lease was released.
+    assert!(
+        s.claim_due_deliveries("w4", later + Duration::seconds(1), lease, 10)
+            .await
+            .unwrap()
+            .iter()
+            .all(|d| d.id != d1.id)
+    );
+    let due = s.claim_due_deliveries("w4", retry_at, lease, 10).await.unwrap();
+    assert!(due.iter().any(|d| d.id == d1.id));
+
+    let d2 = &retaken[2];
+    let f = s
+        .record_attempt(
+            &d2.id,
+            &AttemptRecord {
+                started_at: later,
+                duration_ms: 3,
+                outcome: AttemptOutcome::Failed { error: "550 no such user".into() },
+                detail: "550 no such user".into(),
+            },
+        )
+        .await
+        .unwrap();
+    assert_eq!(f.state, DeliveryState::Failed);
+
+    let attempts = s.delivery_attempts(&d1.id).await.unwrap();
+    assert_eq!(attempts.len(), 1);
+    assert_eq!((attempts[0].attempt, attempts[0].outcome.as_str(), attempts[0].duration_ms), (1, "retry", 3));
+    let counts = s.delivery_counts(&b.id).await.unwrap();
+    assert_eq!((counts["delivered"], counts["pending"], counts["failed"]), (1, 1, 1));
+    let missing = s
+        .record_attempt(
+            &DeliveryId::from_suffix("nope"),
+            &AttemptRecord {
+                started_at: later,
+                duration_ms: 0,
+                outcome: AttemptOutcome::Delivered,
+                detail: String::new(),
+            },
+        )
+        .await
+        .unwrap_err();
+    assert!(missing.to_string().contains("dlv_nope"));
+}
+
+async fn concurrent_workers_claim_disjoint_rows(s: Store) {
+    let (_, rows) = published(&s, 200).await;
+    assert_eq!(rows.len(), 200);
+    let now = t0() + Duration::seconds(1);
+    let lease = std::time::Duration::from_secs(60);
+    let mut handles = Vec::new();
+    for w in 0..4 {
+        let s = s.clone();
+        handles.push(tokio::spawn(async move {
+            let mut mine = Vec::new();
+            loop {
+                let got = s.claim_due_deliveries(&format!("w{w}"), now, lease, 7).await.unwrap();
+                if got.is_empty() {
+                    break;
+                }
+                mine.extend(got.into_iter().map(|d| d.id));
+            }
+            mine
+        }));
+    }
+    let mut all = Vec::new();
+    for h in handles {
+        all.extend(h.await.unwrap());
+    }
+    let n = all.len();
+    all.sort();
+    all.dedup();
+    assert_eq!(n, 200, "every row claimed");
+    assert_eq!(all.len(), 200, "no row claimed twice");
+}
+
+async fn withdraw_cancels_pending(s: Store) {
+    let (b, rows) = published(&s, 2).await;
+    let now = t0() + Duration::seconds(1);
+    s.record_attempt(
+        &rows[0].id,
+        &AttemptRecord {
+            started_at: now,
+            duration_ms: 1,
+            outcome: AttemptOutcome::Delivered,
+            detail: String::new(),
+        },
+    )
+    .await
+    .unwrap();
+    let alice = s.analyst_by_name("alice").await.unwrap();
+    let t = s
+        .transition_bulletin(&b.reference, Action::Withdraw, &alice.id, Some("wrong product"), None, now)
+        .await
+        .unwrap();
+    assert_eq!(t.bulletin.state, BulletinState::Withdrawn);
+    assert_eq!(t.deliveries_cancelled, 1);
+    let counts = s.delivery_counts(&b.id).await.unwrap();
+    assert_eq!((counts["delivered"], counts["cancelled"], counts["pending"]), (1, 1, 0));
+    assert!(
+        s.claim_due_deliveries("w", now, std::time::Duration::from_secs(5), 10).await.unwrap().is_empty()
+    );
+}
+
+async fn bad_input_is_refused_and_nothing_stored(s: Store) {
+    let err = s.add_contact("org_doesnotexist", "x@y.uk", "", t0()).await.unwrap_err();
+    assert_eq!(err.to_string(), "organisation `org_doesnotexist` not found");
+    let org = s.create_organisation("Trust", Tlp::Clear, ThreatLevel::Information, t0()).await.unwrap();
+    let err = s.add_endpoint(org.id.as_str(), "ftp://soc.example/hook", "whsec_x", t0()).await.unwrap_err();
+    assert!(err.to_string().contains("ftp://soc.example/hook"), "{err}");
+    let err = s.add_contact(org.id.as_str(), "not-an-email", "", t0()).await.unwrap_err();
+    assert!(err.to_string().contains("not-an-email"), "{err}");
+    assert!(s.list_endpoints(&org.id).await.unwrap().is_empty());
+    assert!(s.list_contacts(&org.id).await.unwrap().is_empty());
+    let dup = s.create_organisation("Trust", Tlp::Clear, ThreatLevel::Information, t0()).await.unwrap_err();
+    assert!(dup.to_string().contains("already exists"), "{dup}");
+
+    // A bulletin citing an advisory that does not exist is refused whole: no bulletin, and
+    // the reference counter is not consumed.
+    let alice = s.create_analyst("alice", Role::Analyst, "h", t0()).await.unwrap();
+    let err = s
+        .create_bulletin(
+            &content("x", Tlp::Clear, ThreatLevel::Low),
+            &[AdvisoryId::from_suffix("ghost")],
+            &alice.id,
+            "HCB",
+            t0(),
+        )
+        .await
+        .unwrap_err();
+    assert_eq!(err.to_string(), "advisory `adv_ghost` not found");
+    assert!(s.list_bulletins(None).await.unwrap().is_empty());
+    let b = s
+        .create_bulletin(&content("x", Tlp::Clear, ThreatLevel::Low), &[], &alice.id, "HCB", t0())
+        .await
+        .unwrap();
+    assert_eq!(b.reference, "HCB-2026-0001");
+
+    let err = s
+        .create_bulletin(&content("  ", Tlp::Clear, ThreatLevel::Low), &[], &alice.id, "HCB", t0())
+        .await
+        .unwrap_err();
+    assert!(err.to_string().contains("title"), "{err}");
+    let bad = AdvisoryContent::new("feed", "", "no id");
+    assert!(s.upsert_advisory(&bad, t0()).await.is_err());
+    assert!(s.advisories_to_assess(10).await.unwrap().is_empty());
+    assert!(matches!(s.get_bulletin("HCB-1999-0001").await.unwrap_err(), StoreError::NotFound { .. }));
+}
+
+async fn feed_state_tracks_health(s: Store) {
+    assert!(s.feed_state("f").await.unwrap().is_none());
+    s.record_feed_success(
+        "f",
+        Some((Some("\"abc\"".into()), Some("Tue, 03 Mar 2026 10:00:00 GMT".into()))),
+        5,
+        t0(),
+    )
+    .await
+    .unwrap();
+    s.record_feed_failure("f", "HTTP 503 from https://feed", t0() + Duration::minutes(1)).await.unwrap();
+    s.record_feed_failure("f", "timed out", t0() + Duration::minutes(2)).await.unwrap();
+    let st = s.feed_state("f").await.unwrap().unwrap();
+    assert_eq!(st.consecutive_failures, 2);
+    assert_eq!(st.last_error.as_deref(), Some("timed out"));
+    assert_eq!(st.last_success, Some(t0()));
+    assert_eq!(st.etag.as_deref(), Some("\"abc\""));
+    // A 304 keeps the validators and resets the failure count.
+    s.record_feed_success("f", None, 0, t0() + Duration::minutes(3)).await.unwrap();
+    let st = s.feed_state("f").await.unwrap().unwrap();
+    assert_eq!((st.consecutive_failures, st.items_seen), (0, 5));
+    assert_eq!(st.etag.as_deref(), Some("\"abc\""));
+    assert_eq!(st.last_error, None);
+    assert_eq!(s.list_feed_states().await.unwrap().len(), 1);
+}
+
+#[tokio::test]
+async fn bad_url_names_the_url() {
+    let err = Store::connect("mysql://localhost/db").await.err().unwrap();
+    assert!(err.to_string().contains("mysql://localhost/db"), "{err}");
+}
