@@ -1,1 +1,180 @@
+//! # broadcast-collect
+//!
+//! Feeds. A [`Feed`] describes the request for a source and parses a body into advisories;
+//! it never does I/O. The [`Runner`] does all the network work for every feed: timeouts, a
+//! body-size cap, conditional GET with ETag / Last-Modified, paging, and `file://` sources
+//! for offline use.
+//!
+//! Feeds are chosen by a tagged enum in config ([`FeedConfig`], `type = "rss"`) with one
+//! `build()` match, so adding a feed type is one module and one match arm.
+//!
+//! ```
+//! use broadcast_collect::{Feed, FeedConfig};
+//! let cfg: FeedConfig = toml::from_str(r#"
+//!     type = "rss"
+//!     id = "ncsc"
+//!     url = "https://www.ncsc.gov.uk/api/1/services/v1/report-rss-feed.xml"
+//!     schedule = "0 */15 * * * *"
+//! "#).unwrap();
+//! let feed = cfg.build().unwrap();
+//! let parsed = feed.parse(br#"<rss version="2.0"><channel><title>t</title>
+//!     <item><title>CVE-2026-0001 in Widget</title><guid>a1</guid></item></channel></rss>"#).unwrap();
+//! assert_eq!(parsed.items[0].cves, vec!["CVE-2026-0001"]);
+//! ```
 #![forbid(unsafe_code)]
+
+pub mod feeds;
+mod runner;
+pub mod text;
+
+use broadcast_core::AdvisoryContent;
+use chrono::{DateTime, Utc};
+use serde::Deserialize;
+use std::str::FromStr;
+
+pub use runner::{FetchError, FetchOutcome, Runner, RunnerConfig, Validators};
+
+/// A request a feed wants made. The runner adds conditional headers and limits.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct FeedRequest {
+    pub url: url::Url,
+    pub headers: Vec<(String, String)>,
+}
+
+/// What a feed made of one body.
+#[derive(Clone, Debug, Default)]
+pub struct Parsed {
+    /// Items that passed validation.
+    pub items: Vec<AdvisoryContent>,
+    /// Items skipped, each with the reason (the rest of the body is still used).
+    pub refused: Vec<String>,
+    /// The next page to fetch, for paged APIs.
+    pub next: Option<FeedRequest>,
+}
+
+/// A body that could not be read as this feed's format. Nothing from it is stored.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{0}")]
+pub struct ParseError(pub String);
+
+/// One source of advisories: pure request-building and parsing.
+pub trait Feed: Send + Sync {
+    /// The feed id from config; it becomes the `source` of every advisory.
+    fn id(&self) -> &str;
+    /// The first request of a collection run.
+    fn request(&self) -> FeedRequest;
+    /// Parses one response body.
+    fn parse(&self, body: &[u8]) -> Result<Parsed, ParseError>;
+}
+
+/// A feed as configured. `type` selects the kind; unknown keys are refused.
+#[derive(Clone, Debug, Deserialize, PartialEq)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum FeedConfig {
+    /// RSS 0.9x/1.0/2.0, Atom or JSON Feed.
+    Rss(feeds::rss::RssConfig),
+}
+
+/// A configuration that cannot work, naming the feed and the key.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("feed `{feed}`: {key}: {why}")]
+pub struct ConfigError {
+    pub feed: String,
+    pub key: &'static str,
+    pub why: String,
+}
+
+impl FeedConfig {
+    pub fn id(&self) -> &str {
+        match self {
+            FeedConfig::Rss(c) => &c.id,
+        }
+    }
+
+    pub fn schedule_expr(&self) -> &str {
+        match self {
+            FeedConfig::Rss(c) => &c.schedule,
+        }
+    }
+
+    pub fn enabled(&self) -> bool {
+        match self {
+            FeedConfig::Rss(c) => c.enabled,
+        }
+    }
+
+    /// Parses the cron schedule (seconds first: `sec min hour day month weekday [year]`).
+    pub fn schedule(&self) -> Result<cron::Schedule, ConfigError> {
+        cron::Schedule::from_str(self.schedule_expr()).map_err(|e| ConfigError {
+            feed: self.id().to_owned(),
+            key: "schedule",
+            why: format!(
+                "`{}` is not a cron expression (sec min hour day month weekday): {e}",
+                self.schedule_expr()
+            ),
+        })
+    }
+
+    /// Checks everything about the feed's configuration and builds it.
+    pub fn build(&self) -> Result<Box<dyn Feed>, ConfigError> {
+        if self.id().is_empty()
+            || !self.id().bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_' || b == b'.')
+        {
+            return Err(ConfigError {
+                feed: self.id().to_owned(),
+                key: "id",
+                why: "must be non-empty and use only letters, digits, '-', '_' and '.'".into(),
+            });
+        }
+        self.schedule()?;
+        match self {
+            FeedConfig::Rss(c) => Ok(Box::new(feeds::rss::RssFeed::new(c)?)),
+        }
+    }
+}
+
+/// The next time a schedule fires strictly after `after`. Pure: the caller supplies `now`.
+pub fn next_run(schedule: &cron::Schedule, after: DateTime<Utc>) -> Option<DateTime<Utc>> {
+    schedule.after(&after).next()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use chrono::TimeZone;
+
+    fn cfg(extra: &str) -> Result<FeedConfig, toml::de::Error> {
+        toml::from_str(&format!(
+            "type = \"rss\"\nid = \"f1\"\nurl = \"https://example.org/feed.xml\"\n{extra}"
+        ))
+    }
+
+    #[test]
+    fn unknown_keys_and_types_are_refused() {
+        let err = cfg("scheduel = \"0 * * * * *\"").unwrap_err().to_string();
+        assert!(err.contains("scheduel"), "{err}");
+        let err = toml::from_str::<FeedConfig>("type = \"gopher\"\nid = \"x\"").unwrap_err().to_string();
+        assert!(err.contains("gopher"), "{err}");
+    }
+
+    #[test]
+    fn bad_cron_names_feed_and_key() {
+        let err = cfg("schedule = \"every five minutes\"").unwrap().build().err().unwrap();
+        assert_eq!((err.feed.as_str(), err.key), ("f1", "schedule"));
+        assert!(err.to_string().contains("every five minutes"));
+    }
+
+    #[test]
+    fn schedules_fire_on_time() {
+        let c = cfg("schedule = \"0 */15 * * * *\"").unwrap();
+        let s = c.schedule().unwrap();
+        let t = Utc.with_ymd_and_hms(2026, 1, 1, 10, 7, 30).unwrap();
+        assert_eq!(next_run(&s, t), Some(Utc.with_ymd_and_hms(2026, 1, 1, 10, 15, 0).unwrap()));
+    }
+
+    #[test]
+    fn bad_ids_are_refused() {
+        let c: FeedConfig = toml::from_str("type = \"rss\"\nid = \"a b\"\nurl = \"https://e.org/\"").unwrap();
+        assert_eq!(c.build().err().unwrap().key, "id");
+    }
+}

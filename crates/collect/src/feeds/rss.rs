@@ -1,0 +1,188 @@
+//! RSS 0.9x / 1.0 / 2.0, Atom and JSON Feed, parsed by feed-rs.
+//!
+//! Each entry becomes one advisory keyed by its guid / Atom id, or by its link when it has
+//! none (feed-rs would otherwise invent an id from link + title, and an edited title would
+//! then look like a new advisory). An entry with neither id, link nor title is refused.
+
+use crate::text::{find_cvss, html_to_text};
+use crate::{ConfigError, Feed, FeedRequest, ParseError, Parsed};
+use broadcast_core::{AdvisoryContent, Tlp, extract_cve_ids};
+use serde::Deserialize;
+
+fn default_schedule() -> String {
+    "0 */15 * * * *".into()
+}
+fn yes() -> bool {
+    true
+}
+
+/// `type = "rss"`.
+#[derive(Clone, Debug, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct RssConfig {
+    pub id: String,
+    /// `https://…`, `http://…` or `file:///…`.
+    pub url: String,
+    /// Cron, seconds first. Default: every 15 minutes.
+    #[serde(default = "default_schedule")]
+    pub schedule: String,
+    #[serde(default = "yes")]
+    pub enabled: bool,
+    /// TLP to mark this feed's advisories with. Default CLEAR (public feeds).
+    #[serde(default)]
+    pub tlp: Tlp,
+}
+
+pub struct RssFeed {
+    id: String,
+    url: url::Url,
+    tlp: Tlp,
+}
+
+impl RssFeed {
+    pub fn new(cfg: &RssConfig) -> Result<Self, ConfigError> {
+        let url = url::Url::parse(&cfg.url).map_err(|e| ConfigError {
+            feed: cfg.id.clone(),
+            key: "url",
+            why: format!("`{}` is not a URL: {e}", cfg.url),
+        })?;
+        if !matches!(url.scheme(), "http" | "https" | "file") {
+            return Err(ConfigError {
+                feed: cfg.id.clone(),
+                key: "url",
+                why: format!("`{}` must be http(s):// or file://", cfg.url),
+            });
+        }
+        Ok(RssFeed { id: cfg.id.clone(), url, tlp: cfg.tlp })
+    }
+}
+
+impl Feed for RssFeed {
+    fn id(&self) -> &str {
+        &self.id
+    }
+
+    fn request(&self) -> FeedRequest {
+        FeedRequest {
+            url: self.url.clone(),
+            headers: vec![(
+                "accept".into(),
+                "application/rss+xml, application/atom+xml, application/feed+json, application/xml;q=0.9, */*;q=0.5"
+                    .into(),
+            )],
+        }
+    }
+
+    fn parse(&self, body: &[u8]) -> Result<Parsed, ParseError> {
+        parse_feed(&self.id, self.tlp, body)
+    }
+}
+
+/// Parses an RSS/Atom/JSON Feed body into advisories from source `source`.
+pub fn parse_feed(source: &str, tlp: Tlp, body: &[u8]) -> Result<Parsed, ParseError> {
+    let parser = feed_rs::parser::Builder::new()
+        .id_generator(|links, _title, _base| links.first().map(|l| l.href.clone()).unwrap_or_default())
+        .build();
+    let feed =
+        parser.parse(body).map_err(|e| ParseError(format!("not a readable RSS, Atom or JSON feed: {e}")))?;
+    let mut parsed = Parsed::default();
+    for (n, entry) in feed.entries.into_iter().enumerate() {
+        let title = entry.title.as_ref().map(|t| html_to_text(&t.content)).unwrap_or_default();
+        let summary_html = entry
+            .summary
+            .as_ref()
+            .map(|s| s.content.clone())
+            .or_else(|| entry.content.as_ref().and_then(|c| c.body.clone()))
+            .unwrap_or_default();
+        let summary = html_to_text(&summary_html);
+        let references: Vec<String> = entry.links.iter().map(|l| l.href.clone()).collect();
+        let external_id = if !entry.id.trim().is_empty() {
+            entry.id.trim().to_owned()
+        } else if !title.is_empty() {
+            format!("title:{title}")
+        } else {
+            String::new()
+        };
+        let categories: Vec<String> = entry.categories.iter().map(|c| c.term.clone()).collect();
+        let mut haystack = format!("{title}\n{summary}");
+        for c in &categories {
+            haystack.push('\n');
+            haystack.push_str(c);
+        }
+        let mut item = AdvisoryContent::new(source, external_id, title);
+        item.summary = summary;
+        item.published = entry.published.or(entry.updated);
+        item.updated = entry.updated;
+        item.references = references;
+        item.cves = extract_cve_ids(&haystack);
+        item.cvss = find_cvss(&haystack);
+        item.tlp = tlp;
+        match item.validate() {
+            Ok(()) => parsed.items.push(item),
+            Err(why) => parsed.refused.push(format!("entry {}: {why}", n + 1)),
+        }
+    }
+    Ok(parsed)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const ALAS: &[u8] = include_bytes!("../../tests/fixtures/alas-ami-mock_rss.xml");
+    const TRUNCATED: &[u8] = include_bytes!("../../tests/fixtures/rss_2.0_invalid_1.xml");
+    const HTML_PAGE: &[u8] = include_bytes!("../../tests/fixtures/unrecognized.rss");
+
+    #[test]
+    fn parses_a_real_vendor_feed() {
+        let p = parse_feed("alas", Tlp::Clear, ALAS).unwrap();
+        assert_eq!(p.items.len(), 97);
+        assert!(p.refused.is_empty());
+        let first = &p.items[0];
+        assert!(first.title.starts_with("ALAS-"), "{}", first.title);
+        assert!(first.external_id.starts_with("https://alas.aws.amazon.com/"), "{}", first.external_id);
+        assert!(!first.cves.is_empty());
+        assert!(first.published.is_some());
+        // Ids are unique within the feed.
+        let mut ids: Vec<_> = p.items.iter().map(|i| i.external_id.clone()).collect();
+        ids.sort();
+        ids.dedup();
+        assert_eq!(ids.len(), 97);
+    }
+
+    #[test]
+    fn same_body_parses_the_same() {
+        let a = parse_feed("alas", Tlp::Clear, ALAS).unwrap();
+        let b = parse_feed("alas", Tlp::Clear, ALAS).unwrap();
+        assert_eq!(a.items, b.items);
+    }
+
+    #[test]
+    fn broken_bodies_fail_with_a_reason() {
+        let e = parse_feed("x", Tlp::Clear, TRUNCATED).unwrap_err();
+        assert!(e.0.contains("not a readable"), "{e}");
+        let e = parse_feed("x", Tlp::Clear, HTML_PAGE).unwrap_err();
+        assert!(e.0.contains("not a readable"), "{e}");
+        assert!(parse_feed("x", Tlp::Clear, b"").is_err());
+    }
+
+    #[test]
+    fn entries_without_guid_use_link_and_html_is_reduced_to_text() {
+        let body = br#"<?xml version="1.0"?><rss version="2.0"><channel><title>t</title>
+            <item><title>Widget &lt;b&gt;flaw&lt;/b&gt;</title><link>https://v.example/a</link>
+              <description>&lt;p&gt;Fixes CVE-2026-1111 &amp;amp; more. CVSS:3.1/AV:N/AC:L/PR:N/UI:N/S:U/C:H/I:H/A:H&lt;/p&gt;&lt;script&gt;alert(1)&lt;/script&gt;</description></item>
+            <item><description>no title, no link</description></item>
+            </channel></rss>"#;
+        let p = parse_feed("v", Tlp::Amber, body).unwrap();
+        assert_eq!(p.items.len(), 1);
+        assert_eq!(p.refused.len(), 1, "{:?}", p.refused);
+        let it = &p.items[0];
+        assert_eq!(it.external_id, "https://v.example/a");
+        assert_eq!(it.title, "Widget flaw");
+        assert!(it.summary.starts_with("Fixes CVE-2026-1111 & more."), "{}", it.summary);
+        assert!(!it.summary.contains("alert"));
+        assert_eq!(it.cves, vec!["CVE-2026-1111"]);
+        assert_eq!(it.cvss.as_ref().map(|c| c.score), Some(9.8));
+        assert_eq!(it.tlp, Tlp::Amber);
+    }
+}
