@@ -1,0 +1,268 @@
+//! Email delivery with lettre: pooled async SMTP (or `.eml` files in a folder, for demos).
+//!
+//! Every message is multipart text + HTML, with a Message-ID derived from the delivery id
+//! (stable across retries, so a duplicate after a crash is recognisable), `List-Id`,
+//! `List-Unsubscribe` (the recipient's own signed link) and `List-Unsubscribe-Post`
+//! (RFC 8058 one-click).
+
+use crate::render::RenderedEmail;
+use crate::{Channel, DeliveryError, Receipt, excerpt};
+use lettre::message::header::{Header, HeaderName, HeaderValue};
+use lettre::message::{Mailbox, MultiPart};
+use lettre::transport::smtp::PoolConfig;
+use lettre::transport::smtp::authentication::Credentials;
+use lettre::transport::smtp::client::{Tls, TlsParameters};
+use lettre::{AsyncFileTransport, AsyncSmtpTransport, AsyncTransport, Message, Tokio1Executor};
+use serde::Deserialize;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::sync::Semaphore;
+
+/// How the SMTP connection is secured.
+#[derive(Clone, Copy, Debug, Deserialize, PartialEq, Eq, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum SmtpTls {
+    /// Plain SMTP: only for a relay on the same host or a test server.
+    None,
+    /// STARTTLS, required (port 587).
+    #[default]
+    Starttls,
+    /// Implicit TLS (port 465).
+    Tls,
+}
+
+fn default_port() -> u16 {
+    587
+}
+fn default_timeout() -> u64 {
+    30
+}
+fn default_connections() -> usize {
+    8
+}
+
+#[derive(Clone, Debug, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct SmtpSettings {
+    pub host: String,
+    #[serde(default = "default_port")]
+    pub port: u16,
+    #[serde(default)]
+    pub tls: SmtpTls,
+    #[serde(default)]
+    pub username: Option<String>,
+    #[serde(default)]
+    pub password: Option<String>,
+    #[serde(default = "default_timeout")]
+    pub timeout_secs: u64,
+    /// Most SMTP connections open at once (lettre's pool only caps idle ones).
+    #[serde(default = "default_connections")]
+    pub max_connections: usize,
+}
+
+/// Where email goes.
+#[derive(Clone, Debug, Deserialize, PartialEq)]
+#[serde(tag = "transport", rename_all = "lowercase", deny_unknown_fields)]
+pub enum EmailTransport {
+    Smtp {
+        smtp: SmtpSettings,
+    },
+    /// Writes each message as an `.eml` file into `dir` (demo and offline use).
+    File {
+        dir: String,
+    },
+}
+
+#[derive(Clone, Debug, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct EmailSettings {
+    /// `Name <address>` of the sender.
+    pub from: String,
+    /// The `List-Id` identifier, e.g. `bulletins.example.org`.
+    pub list_id: String,
+    #[serde(flatten)]
+    pub transport: EmailTransport,
+}
+
+/// A configuration that cannot send mail, naming the key.
+#[derive(Debug, thiserror::Error)]
+#[error("email.{key}: {why}")]
+pub struct EmailConfigError {
+    pub key: &'static str,
+    pub why: String,
+}
+
+/// One email to one recipient.
+#[derive(Clone, Debug)]
+pub struct EmailMessage {
+    /// The delivery id; the Message-ID is built from it.
+    pub delivery_id: String,
+    pub to: String,
+    pub to_name: String,
+    pub rendered: RenderedEmail,
+    pub unsubscribe_url: String,
+}
+
+enum Transport {
+    Smtp(AsyncSmtpTransport<Tokio1Executor>),
+    File(AsyncFileTransport<Tokio1Executor>),
+}
+
+pub struct EmailChannel {
+    transport: Transport,
+    from: Mailbox,
+    list_id: String,
+    domain: String,
+    limit: Arc<Semaphore>,
+}
+
+macro_rules! raw_header {
+    ($ty:ident, $name:literal) => {
+        #[derive(Clone, Debug)]
+        struct $ty(String);
+        impl Header for $ty {
+            fn name() -> HeaderName {
+                HeaderName::new_from_ascii_str($name)
+            }
+            fn parse(s: &str) -> Result<Self, Box<dyn std::error::Error + Send + Sync>> {
+                Ok($ty(s.to_owned()))
+            }
+            fn display(&self) -> HeaderValue {
+                HeaderValue::new(Self::name(), self.0.clone())
+            }
+        }
+    };
+}
+raw_header!(ListId, "List-Id");
+raw_header!(ListUnsubscribe, "List-Unsubscribe");
+raw_header!(ListUnsubscribePost, "List-Unsubscribe-Post");
+raw_header!(AutoSubmitted, "Auto-Submitted");
+
+impl EmailChannel {
+    pub fn new(s: &EmailSettings) -> Result<EmailChannel, EmailConfigError> {
+        let from: Mailbox = s.from.parse().map_err(|e| EmailConfigError {
+            key: "from",
+            why: format!("`{}` is not a mailbox: {e}", s.from),
+        })?;
+        let domain = from.email.domain().to_owned();
+        if s.list_id.trim().is_empty() || s.list_id.contains(['<', '>', ' ']) {
+            return Err(EmailConfigError {
+                key: "list_id",
+                why: format!("`{}` must be a bare identifier like bulletins.example.org", s.list_id),
+            });
+        }
+        let (transport, permits) = match &s.transport {
+            EmailTransport::File { dir } => {
+                std::fs::create_dir_all(dir).map_err(|e| EmailConfigError {
+                    key: "dir",
+                    why: format!("cannot create `{dir}`: {e}"),
+                })?;
+                (Transport::File(AsyncFileTransport::new(dir)), 4)
+            }
+            EmailTransport::Smtp { smtp } => {
+                let builder = match smtp.tls {
+                    SmtpTls::None => AsyncSmtpTransport::<Tokio1Executor>::builder_dangerous(&smtp.host),
+                    SmtpTls::Starttls | SmtpTls::Tls => {
+                        let params = TlsParameters::new(smtp.host.clone()).map_err(|e| EmailConfigError {
+                            key: "smtp.host",
+                            why: format!("TLS set-up for `{}` failed: {e}", smtp.host),
+                        })?;
+                        let tls = if smtp.tls == SmtpTls::Tls {
+                            Tls::Wrapper(params)
+                        } else {
+                            Tls::Required(params)
+                        };
+                        AsyncSmtpTransport::<Tokio1Executor>::builder_dangerous(&smtp.host).tls(tls)
+                    }
+                };
+                let mut builder = builder
+                    .port(smtp.port)
+                    .timeout(Some(Duration::from_secs(smtp.timeout_secs)))
+                    .pool_config(PoolConfig::new().max_size(smtp.max_connections as u32));
+                match (&smtp.username, &smtp.password) {
+                    (Some(u), Some(p)) => {
+                        builder = builder.credentials(Credentials::new(u.clone(), p.clone()))
+                    }
+                    (None, None) => {}
+                    _ => {
+                        return Err(EmailConfigError {
+                            key: "smtp.username",
+                            why: "username and password must be given together".into(),
+                        });
+                    }
+                }
+                if smtp.max_connections == 0 {
+                    return Err(EmailConfigError {
+                        key: "smtp.max_connections",
+                        why: "must be at least 1".into(),
+                    });
+                }
+                (Transport::Smtp(builder.build()), smtp.max_connections)
+            }
+        };
+        Ok(EmailChannel {
+            transport,
+            from,
+            list_id: s.list_id.trim().to_owned(),
+            domain,
+            limit: Arc::new(Semaphore::new(permits)),
+        })
+    }
+
+    /// Builds the message exactly as it will be sent.
+    pub fn build(&self, m: &EmailMessage) -> Result<Message, DeliveryError> {
+        let to_addr = m
+            .to
+            .parse()
+            .map_err(|e| DeliveryError::Permanent(format!("recipient `{}` is not an address: {e}", m.to)))?;
+        let to = Mailbox::new((!m.to_name.is_empty()).then(|| m.to_name.clone()), to_addr);
+        Message::builder()
+            .from(self.from.clone())
+            .to(to)
+            .subject(m.rendered.subject.clone())
+            .message_id(Some(format!("<{}@{}>", m.delivery_id, self.domain)))
+            .header(ListId(format!("<{}>", self.list_id)))
+            .header(ListUnsubscribe(format!("<{}>", m.unsubscribe_url)))
+            .header(ListUnsubscribePost("List-Unsubscribe=One-Click".into()))
+            .header(AutoSubmitted("auto-generated".into()))
+            .multipart(MultiPart::alternative_plain_html(m.rendered.text.clone(), m.rendered.html.clone()))
+            .map_err(|e| DeliveryError::Permanent(format!("cannot build message: {e}")))
+    }
+}
+
+impl Channel for EmailChannel {
+    type Message = EmailMessage;
+
+    async fn deliver(&self, m: &EmailMessage) -> Result<Receipt, DeliveryError> {
+        let msg = self.build(m)?;
+        let _permit = self.limit.acquire().await.expect("semaphore never closed");
+        match &self.transport {
+            Transport::Smtp(t) => match t.send(msg).await {
+                Ok(resp) => Ok(Receipt {
+                    detail: excerpt(
+                        &format!("{} {}", resp.code(), resp.message().collect::<Vec<_>>().join(" ")),
+                        300,
+                    ),
+                }),
+                Err(e) if e.is_permanent() => Err(DeliveryError::Permanent(excerpt(&e.to_string(), 500))),
+                Err(e) => Err(DeliveryError::Transient(excerpt(&smtp_error(&e), 500))),
+            },
+            Transport::File(t) => match t.send(msg).await {
+                Ok(id) => Ok(Receipt { detail: format!("written as {id}.eml") }),
+                Err(e) => Err(DeliveryError::Transient(format!("cannot write message file: {e}"))),
+            },
+        }
+    }
+}
+
+fn smtp_error(e: &lettre::transport::smtp::Error) -> String {
+    use std::error::Error;
+    let mut s = e.to_string();
+    let mut src = e.source();
+    while let Some(inner) = src {
+        s.push_str(": ");
+        s.push_str(&inner.to_string());
+        src = inner.source();
+    }
+    s
+}

@@ -1,0 +1,204 @@
+//! Rendering bulletins with minijinja templates loaded at run time.
+//!
+//! Templates live in `<dir>/<kind>/{subject.txt,body.txt,body.html}.j2` so an operator can
+//! edit them without rebuilding; they are re-read when they change. HTML templates are
+//! auto-escaped, so advisory text (untrusted) cannot inject markup into an email.
+
+use broadcast_core::Bulletin;
+use minijinja::{AutoEscape, Environment};
+use serde::Serialize;
+use std::path::{Path, PathBuf};
+
+/// A template that is missing, does not compile or fails to render, named with its path.
+#[derive(Debug, thiserror::Error)]
+#[error("template {template}: {message}")]
+pub struct RenderError {
+    pub template: String,
+    pub message: String,
+}
+
+/// Subject and both bodies of one email.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct RenderedEmail {
+    pub subject: String,
+    pub text: String,
+    pub html: String,
+}
+
+/// Everything a bulletin email template can use.
+#[derive(Clone, Debug, Serialize)]
+pub struct EmailContext {
+    pub bulletin: Bulletin,
+    pub organisation: String,
+    pub recipient_name: String,
+    pub unsubscribe_url: String,
+    /// Where the full bulletin can be read (used instead of the body for TLP:RED).
+    pub bulletin_url: String,
+    /// False for TLP:RED: the email carries a notice and a link, never the content.
+    pub body_allowed: bool,
+}
+
+pub struct Renderer {
+    env: Environment<'static>,
+    dir: PathBuf,
+}
+
+impl Renderer {
+    /// Uses the templates under `dir`. Fails if the folder does not exist.
+    pub fn from_dir(dir: impl AsRef<Path>) -> Result<Renderer, RenderError> {
+        let dir = dir.as_ref().to_path_buf();
+        if !dir.is_dir() {
+            return Err(RenderError {
+                template: dir.display().to_string(),
+                message: "template folder does not exist".into(),
+            });
+        }
+        let mut env = Environment::new();
+        env.set_loader(minijinja::path_loader(&dir));
+        env.set_auto_escape_callback(|name| {
+            if name.contains(".html") { AutoEscape::Html } else { AutoEscape::None }
+        });
+        env.set_undefined_behavior(minijinja::UndefinedBehavior::Strict);
+        env.add_filter("paragraphs", paragraphs);
+        Ok(Renderer { env, dir })
+    }
+
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    fn render(&self, name: &str, ctx: &EmailContext) -> Result<String, RenderError> {
+        let err = |e: minijinja::Error| {
+            let mut message = e.to_string();
+            let mut src = std::error::Error::source(&e);
+            while let Some(s) = src {
+                message.push_str(": ");
+                message.push_str(&s.to_string());
+                src = s.source();
+            }
+            RenderError { template: self.dir.join(name).display().to_string(), message }
+        };
+        let tmpl = self.env.get_template(name).map_err(err)?;
+        tmpl.render(minijinja::value::Serde(ctx)).map_err(err)
+    }
+
+    /// Renders the email for a bulletin of template kind `kind` (e.g. `bulletin`).
+    pub fn render_email(&self, kind: &str, ctx: &EmailContext) -> Result<RenderedEmail, RenderError> {
+        let subject = self.render(&format!("{kind}/subject.txt.j2"), ctx)?;
+        // One line, whatever the template or the advisory title contains.
+        let subject = subject.split_whitespace().collect::<Vec<_>>().join(" ");
+        Ok(RenderedEmail {
+            subject,
+            text: self.render(&format!("{kind}/body.txt.j2"), ctx)?,
+            html: self.render(&format!("{kind}/body.html.j2"), ctx)?,
+        })
+    }
+
+    /// Renders a sample bulletin with every template kind the server uses, so a broken
+    /// template is reported at start-up rather than at the first publish.
+    pub fn self_check(&self) -> Result<(), RenderError> {
+        for red in [false, true] {
+            self.render_email("bulletin", &sample_context(red))?;
+        }
+        Ok(())
+    }
+}
+
+/// Splits text on blank lines, for templates that render paragraphs.
+fn paragraphs(text: String) -> Vec<String> {
+    text.split("\n\n").map(|p| p.trim().to_owned()).filter(|p| !p.is_empty()).collect()
+}
+
+/// Undoes the HTML escaping minijinja applies, for tests that look for text in HTML.
+pub fn unescape_html(s: &str) -> String {
+    s.replace("&#x2f;", "/")
+        .replace("&quot;", "\"")
+        .replace("&#x27;", "'")
+        .replace("&lt;", "<")
+        .replace("&gt;", ">")
+        .replace("&amp;", "&")
+}
+
+/// A complete sample context (also used by tests and `broadcast check-config`).
+pub fn sample_context(red: bool) -> EmailContext {
+    use broadcast_core::*;
+    use chrono::TimeZone;
+    let t = chrono::Utc.with_ymd_and_hms(2026, 1, 1, 9, 0, 0).unwrap();
+    EmailContext {
+        bulletin: Bulletin {
+            id: BulletinId::from_suffix("sample"),
+            reference: "HCB-2026-0001".into(),
+            state: BulletinState::Published,
+            content: BulletinContent {
+                title: "Sample <b>bulletin</b> & title".into(),
+                threat_level: ThreatLevel::High,
+                tlp: if red { Tlp::Red } else { Tlp::Clear },
+                summary: "Line one.\n\nLine <script>two</script>.".into(),
+                affected_products: vec!["Widget 1.0".into()],
+                remediation: "Patch.".into(),
+                references: vec!["https://example.org/advisory".into()],
+                cves: vec!["CVE-2026-0001".into()],
+            },
+            advisory_ids: vec![],
+            author: AnalystId::from_suffix("a"),
+            approver: Some(AnalystId::from_suffix("b")),
+            review_comment: None,
+            created_at: t,
+            updated_at: t,
+            published_at: Some(t),
+            version: 4,
+        },
+        organisation: "Sample Trust".into(),
+        recipient_name: "Sam".into(),
+        unsubscribe_url: "https://broadcast.example/unsubscribe?token=x".into(),
+        bulletin_url: "https://broadcast.example/bulletins/HCB-2026-0001".into(),
+        body_allowed: !red,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn repo_templates() -> PathBuf {
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("../../bulletin-templates")
+    }
+
+    #[test]
+    fn shipped_templates_render_and_escape() {
+        let r = Renderer::from_dir(repo_templates()).unwrap();
+        r.self_check().unwrap();
+        let e = r.render_email("bulletin", &sample_context(false)).unwrap();
+        assert!(e.subject.contains("HCB-2026-0001"), "{}", e.subject);
+        assert!(!e.subject.contains('\n'));
+        assert!(e.html.contains("Sample &lt;b&gt;bulletin&lt;&#x2f;b&gt; &amp; title"), "{}", e.html);
+        assert!(!e.html.contains("<script>"));
+        assert!(e.text.contains("Line <script>two</script>."), "text is plain: {}", e.text);
+        assert!(unescape_html(&e.html).contains("https://broadcast.example/unsubscribe?token=x"));
+        assert!(e.text.contains("CVE-2026-0001"));
+    }
+
+    #[test]
+    fn red_bulletins_carry_a_notice_not_the_content() {
+        let r = Renderer::from_dir(repo_templates()).unwrap();
+        let e = r.render_email("bulletin", &sample_context(true)).unwrap();
+        for body in [e.text.clone(), unescape_html(&e.html)] {
+            assert!(!body.contains("Line one"), "{body}");
+            assert!(body.contains("https://broadcast.example/bulletins/HCB-2026-0001"));
+        }
+    }
+
+    #[test]
+    fn broken_templates_are_named() {
+        let dir = tempfile::tempdir().unwrap();
+        assert!(Renderer::from_dir(dir.path().join("missing")).is_err());
+        std::fs::create_dir(dir.path().join("bulletin")).unwrap();
+        std::fs::write(dir.path().join("bulletin/subject.txt.j2"), "{{ bulletin.reference }").unwrap();
+        let r = Renderer::from_dir(dir.path()).unwrap();
+        let err = r.self_check().unwrap_err();
+        assert!(err.template.ends_with("bulletin/subject.txt.j2"), "{err}");
+        std::fs::write(dir.path().join("bulletin/subject.txt.j2"), "{{ bulletin.no_such_field }}").unwrap();
+        let err = r.self_check().unwrap_err();
+        assert!(err.to_string().contains("subject.txt.j2"), "{err}");
+    }
+}

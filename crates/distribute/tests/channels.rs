@@ -1,0 +1,121 @@
+//! Channels against real local servers: a webhook receiver over HTTP and email written by
+//! lettre's file transport (SMTP is exercised end to end in `tests/`).
+
+use axum::http::{HeaderMap, StatusCode};
+use axum::routing::post;
+use broadcast_distribute::email::{EmailChannel, EmailMessage, EmailSettings, EmailTransport};
+use broadcast_distribute::render::{Renderer, sample_context};
+use broadcast_distribute::sign::{secret_from_bytes, verify};
+use broadcast_distribute::webhook::{WebhookChannel, WebhookMessage, WebhookSettings};
+use broadcast_distribute::{Channel, DeliveryError};
+use std::sync::{Arc, Mutex};
+
+type Seen = Arc<Mutex<Vec<(HeaderMap, String)>>>;
+
+async fn receiver(seen: Seen) -> String {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let s = seen.clone();
+    let app = axum::Router::new()
+        .route(
+            "/ok",
+            post(move |h: HeaderMap, body: String| {
+                let s = s.clone();
+                async move {
+                    s.lock().unwrap().push((h, body));
+                    "thanks"
+                }
+            }),
+        )
+        .route("/busy", post(|| async { (StatusCode::SERVICE_UNAVAILABLE, "later") }))
+        .route("/gone", post(|| async { StatusCode::GONE }))
+        .route(
+            "/moved",
+            post(|| async { (StatusCode::FOUND, [("location", "http://127.0.0.1:9/elsewhere")]) }),
+        );
+    let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = l.local_addr().unwrap();
+    tokio::spawn(async move { axum::serve(l, app).await.unwrap() });
+    format!("http://{addr}")
+}
+
+#[tokio::test]
+async fn webhooks_are_signed_and_statuses_classified() {
+    let seen: Seen = Arc::default();
+    let base = receiver(seen.clone()).await;
+    let ch = WebhookChannel::new(&WebhookSettings::default()).unwrap();
+    let secret = secret_from_bytes(&[9; 24]);
+    let msg = |path: &str| WebhookMessage {
+        id: "dlv_abc".into(),
+        url: format!("{base}{path}"),
+        secret: secret.clone(),
+        body: r#"{"type":"bulletin.published"}"#.into(),
+        timestamp: 1_700_000_000,
+    };
+    let r = ch.deliver(&msg("/ok")).await.unwrap();
+    assert_eq!(r.detail, "HTTP 200: thanks");
+    let (h, body) = seen.lock().unwrap()[0].clone();
+    let get = |k: &str| h.get(k).unwrap().to_str().unwrap().to_owned();
+    assert_eq!(get("webhook-id"), "dlv_abc");
+    assert_eq!(get("webhook-timestamp"), "1700000000");
+    assert_eq!(get("content-type"), "application/json");
+    verify(&secret, "dlv_abc", 1_700_000_000, body.as_bytes(), &get("webhook-signature"), 1_700_000_000, 300)
+        .unwrap();
+
+    assert!(
+        matches!(ch.deliver(&msg("/busy")).await, Err(DeliveryError::Transient(d)) if d == "HTTP 503: later")
+    );
+    assert!(
+        matches!(ch.deliver(&msg("/gone")).await, Err(DeliveryError::Permanent(d)) if d.starts_with("HTTP 410"))
+    );
+    // Redirects are not followed.
+    assert!(
+        matches!(ch.deliver(&msg("/moved")).await, Err(DeliveryError::Permanent(d)) if d.starts_with("HTTP 302"))
+    );
+    // Nothing listening: transient.
+    let mut dead = msg("/ok");
+    dead.url = "http://127.0.0.1:9/hook".into();
+    assert!(matches!(ch.deliver(&dead).await, Err(DeliveryError::Transient(_))));
+    assert_eq!(seen.lock().unwrap().len(), 1);
+}
+
+#[tokio::test]
+async fn email_has_list_headers_and_both_parts() {
+    let dir = tempfile::tempdir().unwrap();
+    let settings = EmailSettings {
+        from: "NHS Broadcast <bulletins@broadcast.example>".into(),
+        list_id: "bulletins.broadcast.example".into(),
+        transport: EmailTransport::File { dir: dir.path().display().to_string() },
+    };
+    let ch = EmailChannel::new(&settings).unwrap();
+    let renderer =
+        Renderer::from_dir(concat!(env!("CARGO_MANIFEST_DIR"), "/../../bulletin-templates")).unwrap();
+    let rendered = renderer.render_email("bulletin", &sample_context(false)).unwrap();
+    let m = EmailMessage {
+        delivery_id: "dlv_123".into(),
+        to: "soc@trust.nhs.uk".into(),
+        to_name: "SOC".into(),
+        rendered,
+        unsubscribe_url: "https://broadcast.example/unsubscribe?token=t1".into(),
+    };
+    ch.deliver(&m).await.unwrap();
+    let file = std::fs::read_dir(dir.path()).unwrap().next().unwrap().unwrap().path();
+    let raw = std::fs::read_to_string(file).unwrap();
+    for header in [
+        "Message-ID: <dlv_123@broadcast.example>",
+        "List-Id: <bulletins.broadcast.example>",
+        "List-Unsubscribe: <https://broadcast.example/unsubscribe?token=t1>",
+        "List-Unsubscribe-Post: List-Unsubscribe=One-Click",
+        "To: SOC <soc@trust.nhs.uk>",
+        "Content-Type: multipart/alternative",
+        "Content-Type: text/plain",
+        "Content-Type: text/html",
+    ] {
+        assert!(raw.contains(header), "missing {header} in\n{raw}");
+    }
+    let bad = EmailMessage { to: "not an address".into(), ..m };
+    assert!(
+        matches!(ch.deliver(&bad).await, Err(DeliveryError::Permanent(e)) if e.contains("not an address"))
+    );
+    let err = EmailChannel::new(&EmailSettings { from: "nobody".into(), ..settings }).err().unwrap();
+    assert!(err.to_string().starts_with("email.from:"), "{err}");
+}
