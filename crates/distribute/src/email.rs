@@ -61,16 +61,13 @@ pub struct SmtpSettings {
 }
 
 /// Where email goes.
-#[derive(Clone, Debug, Deserialize, PartialEq)]
-#[serde(tag = "transport", rename_all = "lowercase", deny_unknown_fields)]
-pub enum EmailTransport {
-    Smtp {
-        smtp: SmtpSettings,
-    },
-    /// Writes each message as an `.eml` file into `dir` (demo and offline use).
-    File {
-        dir: String,
-    },
+#[derive(Clone, Copy, Debug, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum TransportKind {
+    /// An SMTP relay, set up in `[email.smtp]`.
+    Smtp,
+    /// Each message written as an `.eml` file into `file_dir` (demo and offline use).
+    File,
 }
 
 #[derive(Clone, Debug, Deserialize, PartialEq)]
@@ -80,8 +77,11 @@ pub struct EmailSettings {
     pub from: String,
     /// The `List-Id` identifier, e.g. `bulletins.example.org`.
     pub list_id: String,
-    #[serde(flatten)]
-    pub transport: EmailTransport,
+    pub transport: TransportKind,
+    #[serde(default)]
+    pub smtp: Option<SmtpSettings>,
+    #[serde(default)]
+    pub file_dir: Option<String>,
 }
 
 /// A configuration that cannot send mail, naming the key.
@@ -151,15 +151,23 @@ impl EmailChannel {
                 why: format!("`{}` must be a bare identifier like bulletins.example.org", s.list_id),
             });
         }
-        let (transport, permits) = match &s.transport {
-            EmailTransport::File { dir } => {
+        let (transport, permits) = match s.transport {
+            TransportKind::File => {
+                let dir = s.file_dir.as_deref().ok_or_else(|| EmailConfigError {
+                    key: "file_dir",
+                    why: "needed when transport = \"file\"".into(),
+                })?;
                 std::fs::create_dir_all(dir).map_err(|e| EmailConfigError {
                     key: "dir",
                     why: format!("cannot create `{dir}`: {e}"),
                 })?;
                 (Transport::File(AsyncFileTransport::new(dir)), 4)
             }
-            EmailTransport::Smtp { smtp } => {
+            TransportKind::Smtp => {
+                let smtp = s.smtp.as_ref().ok_or_else(|| EmailConfigError {
+                    key: "smtp",
+                    why: "an [email.smtp] section is needed when transport = \"smtp\"".into(),
+                })?;
                 let builder = match smtp.tls {
                     SmtpTls::None => AsyncSmtpTransport::<Tokio1Executor>::builder_dangerous(&smtp.host),
                     SmtpTls::Starttls | SmtpTls::Tls => {

@@ -3,7 +3,7 @@
 
 use axum::http::{HeaderMap, StatusCode};
 use axum::routing::post;
-use broadcast_distribute::email::{EmailChannel, EmailMessage, EmailSettings, EmailTransport};
+use broadcast_distribute::email::{EmailChannel, EmailMessage, EmailSettings, TransportKind};
 use broadcast_distribute::render::{Renderer, sample_context};
 use broadcast_distribute::sign::{secret_from_bytes, verify};
 use broadcast_distribute::webhook::{WebhookChannel, WebhookMessage, WebhookSettings};
@@ -84,7 +84,9 @@ async fn email_has_list_headers_and_both_parts() {
     let settings = EmailSettings {
         from: "NHS Broadcast <bulletins@broadcast.example>".into(),
         list_id: "bulletins.broadcast.example".into(),
-        transport: EmailTransport::File { dir: dir.path().display().to_string() },
+        transport: TransportKind::File,
+        smtp: None,
+        file_dir: Some(dir.path().display().to_string()),
     };
     let ch = EmailChannel::new(&settings).unwrap();
     let renderer =

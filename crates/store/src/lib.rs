@@ -335,6 +335,11 @@ impl Store {
                 .synchronous(SqliteSynchronous::Normal)
                 .busy_timeout(Duration::from_secs(30))
                 .foreign_keys(true);
+            // SQLite creates the file, not its folder.
+            if let Some(dir) = opts.get_filename().parent().filter(|d| !d.as_os_str().is_empty()) {
+                std::fs::create_dir_all(dir)
+                    .map_err(|e| StoreError::BadUrl(format!("{url} ({}: {e})", dir.display())))?;
+            }
             let pool = SqlitePoolOptions::new().max_connections(8).connect_with(opts).await?;
             Ok(Store { backend: Backend::Sqlite(pool) })
         } else if url.starts_with("postgres://") || url.starts_with("postgresql://") {

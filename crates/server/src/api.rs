@@ -1,0 +1,542 @@
+//! The JSON HTTP API (and the unsubscribe endpoint recipients reach from their email).
+//!
+//! Authentication: `Authorization: Bearer <token>`, tokens stored hashed. Roles are checked
+//! here for every action; the four-eyes rule is enforced by the core state machine and the
+//! store, never by the client. Errors map to status codes in [`ApiError`], and a 5xx is
+//! logged once with an opaque body.
+
+use crate::app::App;
+use crate::auth::{hash_token, verify_unsubscribe_token};
+use axum::extract::{FromRequestParts, Path, Query, State};
+use axum::http::request::Parts;
+use axum::http::{HeaderMap, StatusCode, header};
+use axum::response::{Html, IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use broadcast_core::{
+    Action, AdvisoryId, Analyst, BulletinContent, BulletinState, ContactId, DeliveryId, ThreatLevel, Tlp,
+    TransitionError,
+};
+use broadcast_distribute::render::EmailContext;
+use broadcast_store::{CandidateFilter, StoreError};
+use chrono::Utc;
+use serde::Deserialize;
+use serde_json::{Value, json};
+
+/// Every way a request can fail, and its status code.
+#[derive(Debug)]
+pub enum ApiError {
+    Unauthorized,
+    Forbidden(String),
+    NotFound(String),
+    BadRequest(String),
+    Conflict(String),
+    Internal(anyhow::Error),
+}
+
+impl From<StoreError> for ApiError {
+    fn from(e: StoreError) -> Self {
+        match e {
+            StoreError::NotFound { .. } => ApiError::NotFound(e.to_string()),
+            StoreError::Conflict(_) => ApiError::Conflict(e.to_string()),
+            StoreError::Invalid { .. } => ApiError::BadRequest(e.to_string()),
+            StoreError::Transition(TransitionError::FourEyes { .. }) => ApiError::Forbidden(e.to_string()),
+            StoreError::Transition(TransitionError::Illegal { .. }) => ApiError::Conflict(e.to_string()),
+            other => ApiError::Internal(other.into()),
+        }
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let (status, msg) = match self {
+            ApiError::Unauthorized => (StatusCode::UNAUTHORIZED, "missing or invalid API token".to_owned()),
+            ApiError::Forbidden(m) => (StatusCode::FORBIDDEN, m),
+            ApiError::NotFound(m) => (StatusCode::NOT_FOUND, m),
+            ApiError::BadRequest(m) => (StatusCode::UNPROCESSABLE_ENTITY, m),
+            ApiError::Conflict(m) => (StatusCode::CONFLICT, m),
+            ApiError::Internal(e) => {
+                let id = uuid::Uuid::new_v4().simple().to_string();
+                tracing::error!(error = %format!("{e:#}"), error.id = %id, "request failed");
+                (StatusCode::INTERNAL_SERVER_ERROR, format!("internal error (reference {id})"))
+            }
+        };
+        let mut resp = (status, Json(json!({ "error": msg }))).into_response();
+        if status == StatusCode::UNAUTHORIZED {
+            resp.headers_mut().insert(header::WWW_AUTHENTICATE, "Bearer".parse().expect("static header"));
+        }
+        resp
+    }
+}
+
+type ApiResult<T> = Result<T, ApiError>;
+
+/// The analyst a request is authenticated as.
+pub struct Authed(pub Analyst);
+
+impl FromRequestParts<App> for Authed {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, app: &App) -> Result<Self, Self::Rejection> {
+        let token = parts
+            .headers
+            .get(header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.strip_prefix("Bearer "))
+            .map(str::trim)
+            .filter(|t| !t.is_empty())
+            .ok_or(ApiError::Unauthorized)?;
+        let analyst =
+            app.store.analyst_by_token_hash(&hash_token(token)).await?.ok_or(ApiError::Unauthorized)?;
+        Ok(Authed(analyst))
+    }
+}
+
+fn require(a: &Analyst, ok: bool, what: &str) -> ApiResult<()> {
+    if ok { Ok(()) } else { Err(ApiError::Forbidden(format!("{} (role {}) may not {what}", a.name, a.role))) }
+}
+
+/// JSON bodies that fail to parse are a 422 naming the problem, like every other bad input.
+pub struct JsonBody<T>(pub T);
+
+impl<S: Send + Sync, T: serde::de::DeserializeOwned> axum::extract::FromRequest<S> for JsonBody<T> {
+    type Rejection = ApiError;
+    async fn from_request(req: axum::extract::Request, state: &S) -> Result<Self, Self::Rejection> {
+        match Json::<T>::from_request(req, state).await {
+            Ok(Json(v)) => Ok(JsonBody(v)),
+            Err(e) => Err(ApiError::BadRequest(e.body_text())),
+        }
+    }
+}
+
+pub fn router(app: App) -> Router {
+    Router::new()
+        .route("/healthz", get(healthz))
+        .route("/api/me", get(me))
+        .route("/api/candidates", get(candidates))
+        .route("/api/advisories/{id}", get(advisory))
+        .route("/api/bulletins", get(list_bulletins).post(create_bulletin))
+        .route("/api/bulletins/{key}", get(get_bulletin).put(edit_bulletin))
+        .route("/api/bulletins/{key}/preview", get(preview))
+        .route("/api/bulletins/{key}/deliveries", get(deliveries))
+        .route("/api/bulletins/{key}/{action}", post(transition))
+        .route("/api/deliveries/{id}/attempts", get(attempts))
+        .route("/api/organisations", get(list_orgs).post(create_org))
+        .route("/api/organisations/{key}", get(get_org))
+        .route("/api/organisations/{key}/contacts", post(add_contact))
+        .route("/api/organisations/{key}/endpoints", post(add_endpoint))
+        .route("/api/feeds", get(feeds))
+        .route("/unsubscribe", get(unsubscribe_page).post(unsubscribe_post))
+        .layer(tower_http::limit::RequestBodyLimitLayer::new(1024 * 1024))
+        .with_state(app)
+}
+
+async fn healthz(State(app): State<App>) -> ApiResult<Json<Value>> {
+    app.store.list_feed_states().await?;
+    Ok(Json(json!({ "status": "ok" })))
+}
+
+async fn me(Authed(a): Authed) -> Json<Analyst> {
+    Json(a)
+}
+
+#[derive(Deserialize)]
+struct CandidateQuery {
+    #[serde(default)]
+    all: bool,
+    limit: Option<i64>,
+}
+
+async fn candidates(
+    State(app): State<App>,
+    _: Authed,
+    Query(q): Query<CandidateQuery>,
+) -> ApiResult<Json<Value>> {
+    let list = app
+        .store
+        .list_candidates(&CandidateFilter {
+            include_irrelevant: q.all,
+            limit: q.limit.map(|l| l.clamp(1, 5000)),
+        })
+        .await?;
+    Ok(Json(json!({ "candidates": list })))
+}
+
+fn parse<T: std::str::FromStr>(s: &str) -> ApiResult<T>
+where
+    T::Err: std::fmt::Display,
+{
+    s.parse().map_err(|e: T::Err| ApiError::BadRequest(e.to_string()))
+}
+
+async fn advisory(State(app): State<App>, _: Authed, Path(id): Path<String>) -> ApiResult<Json<Value>> {
+    let id: AdvisoryId = parse(&id)?;
+    let adv = app.store.get_advisory(&id).await?;
+    let revisions = app.store.advisory_revisions(&id).await?;
+    let assessment = app.store.latest_assessment(&id).await?;
+    Ok(Json(json!({ "advisory": adv, "assessment": assessment, "revisions": revisions })))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct NewBulletin {
+    #[serde(default)]
+    advisory_ids: Vec<String>,
+    title: Option<String>,
+    threat_level: Option<String>,
+    tlp: Option<String>,
+    summary: Option<String>,
+    remediation: Option<String>,
+}
+
+async fn create_bulletin(
+    State(app): State<App>,
+    Authed(a): Authed,
+    JsonBody(req): JsonBody<NewBulletin>,
+) -> ApiResult<(StatusCode, Json<Value>)> {
+    let ids: Vec<AdvisoryId> = req.advisory_ids.iter().map(|s| parse(s)).collect::<ApiResult<_>>()?;
+    let mut items = Vec::new();
+    for id in &ids {
+        items.push((app.store.get_advisory(id).await?, app.store.latest_assessment(id).await?));
+    }
+    let mut content = broadcast_triage::draft_bulletin(&items);
+    if let Some(t) = req.title {
+        content.title = t;
+    }
+    if let Some(l) = req.threat_level {
+        content.threat_level = parse::<ThreatLevel>(&l)?;
+    }
+    if let Some(t) = req.tlp {
+        content.tlp = parse::<Tlp>(&t)?;
+    }
+    if let Some(s) = req.summary {
+        content.summary = s;
+    }
+    if let Some(r) = req.remediation {
+        content.remediation = r;
+    }
+    let b = app
+        .store
+        .create_bulletin(&content, &ids, &a.id, &app.settings.bulletins.reference_prefix, Utc::now())
+        .await?;
+    tracing::info!(bulletin.id = %b.id, bulletin.reference = %b.reference, analyst = %a.name, "bulletin drafted");
+    Ok((StatusCode::CREATED, Json(json!(b))))
+}
+
+#[derive(Deserialize)]
+struct BulletinQuery {
+    state: Option<String>,
+}
+
+async fn list_bulletins(
+    State(app): State<App>,
+    _: Authed,
+    Query(q): Query<BulletinQuery>,
+) -> ApiResult<Json<Value>> {
+    let state = q.state.as_deref().map(parse::<BulletinState>).transpose()?;
+    Ok(Json(json!({ "bulletins": app.store.list_bulletins(state).await? })))
+}
+
+async fn get_bulletin(State(app): State<App>, _: Authed, Path(key): Path<String>) -> ApiResult<Json<Value>> {
+    let b = app.store.get_bulletin(&key).await?;
+    let events = app.store.bulletin_events(&b.id).await?;
+    Ok(Json(json!({ "bulletin": b, "history": events })))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct EditBulletin {
+    title: String,
+    threat_level: ThreatLevel,
+    tlp: Tlp,
+    #[serde(default)]
+    summary: String,
+    #[serde(default)]
+    affected_products: Vec<String>,
+    #[serde(default)]
+    remediation: String,
+    #[serde(default)]
+    references: Vec<String>,
+    #[serde(default)]
+    cves: Vec<String>,
+    /// The version the editor started from; a concurrent change makes the edit a conflict.
+    version: Option<i32>,
+}
+
+async fn edit_bulletin(
+    State(app): State<App>,
+    Authed(a): Authed,
+    Path(key): Path<String>,
+    JsonBody(req): JsonBody<EditBulletin>,
+) -> ApiResult<Json<Value>> {
+    let content = BulletinContent {
+        title: req.title,
+        threat_level: req.threat_level,
+        tlp: req.tlp,
+        summary: req.summary,
+        affected_products: req.affected_products,
+        remediation: req.remediation,
+        references: req.references,
+        cves: req.cves,
+    };
+    let b = app.store.update_bulletin_content(&key, &content, &a.id, req.version, Utc::now()).await?;
+    Ok(Json(json!(b)))
+}
+
+/// What the email (HTML and text) and the webhook body will look like.
+async fn preview(State(app): State<App>, _: Authed, Path(key): Path<String>) -> ApiResult<Json<Value>> {
+    let b = app.store.get_bulletin(&key).await?;
+    let url = app.bulletin_url(&b.reference);
+    let ctx = EmailContext {
+        bulletin: b.clone(),
+        organisation: "Example Organisation".into(),
+        recipient_name: "Recipient".into(),
+        unsubscribe_url: format!(
+            "{}/unsubscribe?token=preview",
+            app.settings.api.public_url.trim_end_matches('/')
+        ),
+        bulletin_url: url.clone(),
+        body_allowed: b.content.tlp.allowed_in_email_body(),
+    };
+    let email = app.renderer.render_email("bulletin", &ctx).map_err(|e| ApiError::Internal(e.into()))?;
+    let webhook: Value = serde_json::from_str(&broadcast_distribute::payload::bulletin_published(&b, &url))
+        .map_err(|e| ApiError::Internal(e.into()))?;
+    Ok(Json(json!({ "email": email, "webhook": webhook })))
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct TransitionBody {
+    comment: Option<String>,
+    version: Option<i32>,
+}
+
+async fn transition(
+    State(app): State<App>,
+    Authed(a): Authed,
+    Path((key, action)): Path<(String, String)>,
+    body: axum::body::Bytes,
+) -> ApiResult<Json<Value>> {
+    let action = Action::ALL
+        .into_iter()
+        .find(|x| x.as_str() == action)
+        .ok_or_else(|| ApiError::NotFound(format!("no bulletin action `{action}`")))?;
+    if action.needs_second_pair_of_eyes() {
+        require(&a, a.role.can_review(), &format!("{action} bulletins"))?;
+    }
+    // The body is optional: an empty POST is a transition without a comment.
+    let body: TransitionBody = if body.iter().all(u8::is_ascii_whitespace) {
+        TransitionBody::default()
+    } else {
+        serde_json::from_slice(&body).map_err(|e| ApiError::BadRequest(format!("request body: {e}")))?
+    };
+    let t = app
+        .store
+        .transition_bulletin(&key, action, &a.id, body.comment.as_deref(), body.version, Utc::now())
+        .await?;
+    tracing::info!(
+        bulletin.id = %t.bulletin.id, bulletin.reference = %t.bulletin.reference, action = %action,
+        analyst = %a.name, deliveries = t.deliveries_created, "bulletin {}", t.bulletin.state
+    );
+    if t.deliveries_created > 0 {
+        app.wake_delivery.notify_waiters();
+        app.wake_delivery.notify_one();
+    }
+    Ok(Json(json!(t)))
+}
+
+async fn deliveries(State(app): State<App>, _: Authed, Path(key): Path<String>) -> ApiResult<Json<Value>> {
+    let b = app.store.get_bulletin(&key).await?;
+    let counts = app.store.delivery_counts(&b.id).await?;
+    let rows = app.store.deliveries_for_bulletin(&b.id).await?;
+    Ok(Json(json!({ "bulletin": b.reference, "counts": counts, "deliveries": rows })))
+}
+
+async fn attempts(State(app): State<App>, _: Authed, Path(id): Path<String>) -> ApiResult<Json<Value>> {
+    let id: DeliveryId = parse(&id)?;
+    let d = app.store.get_delivery(&id).await?;
+    Ok(Json(json!({ "delivery": d, "attempts": app.store.delivery_attempts(&id).await? })))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct NewOrg {
+    name: String,
+    tlp_clearance: Option<String>,
+    min_threat_level: Option<String>,
+}
+
+async fn create_org(
+    State(app): State<App>,
+    Authed(a): Authed,
+    JsonBody(req): JsonBody<NewOrg>,
+) -> ApiResult<(StatusCode, Json<Value>)> {
+    require(&a, a.role.can_administer(), "manage organisations")?;
+    let tlp = req.tlp_clearance.as_deref().map(parse::<Tlp>).transpose()?.unwrap_or(Tlp::Green);
+    let level = req
+        .min_threat_level
+        .as_deref()
+        .map(parse::<ThreatLevel>)
+        .transpose()?
+        .unwrap_or(ThreatLevel::Information);
+    let org = app.store.create_organisation(&req.name, tlp, level, Utc::now()).await?;
+    Ok((StatusCode::CREATED, Json(json!(org))))
+}
+
+async fn list_orgs(State(app): State<App>, _: Authed) -> ApiResult<Json<Value>> {
+    Ok(Json(json!({ "organisations": app.store.list_organisations().await? })))
+}
+
+async fn get_org(State(app): State<App>, _: Authed, Path(key): Path<String>) -> ApiResult<Json<Value>> {
+    let org = app.store.get_organisation(&key).await?;
+    let contacts = app.store.list_contacts(&org.id).await?;
+    let endpoints = app.store.list_endpoints(&org.id).await?;
+    Ok(Json(json!({ "organisation": org, "contacts": contacts, "endpoints": endpoints })))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct NewContact {
+    email: String,
+    #[serde(default)]
+    name: String,
+}
+
+async fn add_contact(
+    State(app): State<App>,
+    Authed(a): Authed,
+    Path(key): Path<String>,
+    JsonBody(req): JsonBody<NewContact>,
+) -> ApiResult<(StatusCode, Json<Value>)> {
+    require(&a, a.role.can_administer(), "manage contacts")?;
+    let c = app.store.add_contact(&key, &req.email, &req.name, Utc::now()).await?;
+    Ok((StatusCode::CREATED, Json(json!(c))))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct NewEndpoint {
+    url: String,
+    secret: Option<String>,
+}
+
+async fn add_endpoint(
+    State(app): State<App>,
+    Authed(a): Authed,
+    Path(key): Path<String>,
+    JsonBody(req): JsonBody<NewEndpoint>,
+) -> ApiResult<(StatusCode, Json<Value>)> {
+    require(&a, a.role.can_administer(), "manage endpoints")?;
+    crate::validate_webhook_url(&req.url).map_err(ApiError::BadRequest)?;
+    let secret = match req.secret {
+        Some(s) => {
+            broadcast_distribute::sign::validate_secret(&s)
+                .map_err(|e| ApiError::BadRequest(e.to_string()))?;
+            s
+        }
+        None => broadcast_distribute::sign::secret_from_bytes(&crate::auth::random_secret_bytes()),
+    };
+    let ep = app.store.add_endpoint(&key, &req.url, &secret, Utc::now()).await?;
+    // The secret is shown once, here; it is never returned again.
+    let mut v = json!(ep);
+    v["secret"] = json!(secret);
+    Ok((StatusCode::CREATED, Json(v)))
+}
+
+async fn feeds(State(app): State<App>, _: Authed) -> ApiResult<Json<Value>> {
+    let states = app.store.list_feed_states().await?;
+    let feeds: Vec<Value> = app
+        .settings
+        .feeds
+        .iter()
+        .map(|f| {
+            let st = states.iter().find(|s| s.feed_id == f.id());
+            json!({ "id": f.id(), "enabled": f.enabled(), "schedule": f.schedule_expr(), "state": st })
+        })
+        .collect();
+    Ok(Json(json!({ "feeds": feeds })))
+}
+
+#[derive(Deserialize)]
+struct UnsubscribeQuery {
+    token: String,
+}
+
+fn escape(s: &str) -> String {
+    s.replace('&', "&amp;")
+        .replace('<', "&lt;")
+        .replace('>', "&gt;")
+        .replace('"', "&quot;")
+        .replace('\'', "&#39;")
+}
+
+fn page(title: &str, body: &str) -> Html<String> {
+    Html(format!(
+        "<!doctype html><html lang=\"en\"><head><meta charset=\"utf-8\"><meta name=\"viewport\" content=\"width=device-width\">\
+         <title>{t}</title></head><body style=\"font-family:sans-serif;max-width:36rem;margin:3rem auto;padding:0 1rem\">\
+         <h1>{t}</h1>{body}</body></html>",
+        t = escape(title)
+    ))
+}
+
+/// The link in an email. A GET only asks (link scanners fetch links); the button POSTs.
+async fn unsubscribe_page(State(app): State<App>, Query(q): Query<UnsubscribeQuery>) -> Response {
+    let Some(id) = verify_unsubscribe_token(&app.settings.security.link_secret, &q.token) else {
+        return (
+            StatusCode::BAD_REQUEST,
+            page("Link not valid", "<p>This unsubscribe link is not valid.</p>"),
+        )
+            .into_response();
+    };
+    let email = match id.parse::<ContactId>() {
+        Ok(cid) => app.store.get_contact(&cid).await.map(|c| c.email).unwrap_or_default(),
+        Err(_) => String::new(),
+    };
+    page(
+        "Unsubscribe from Broadcast bulletins",
+        &format!(
+            "<p>Stop sending security bulletins to <strong>{}</strong>?</p>\
+             <form method=\"post\" action=\"/unsubscribe?token={}\"><button type=\"submit\">Unsubscribe</button></form>",
+            escape(&email),
+            escape(&q.token)
+        ),
+    )
+    .into_response()
+}
+
+/// RFC 8058 one-click (`List-Unsubscribe=One-Click` form body) and the page's button.
+async fn unsubscribe_post(
+    State(app): State<App>,
+    Query(q): Query<UnsubscribeQuery>,
+    _headers: HeaderMap,
+) -> Response {
+    let Some(id) = verify_unsubscribe_token(&app.settings.security.link_secret, &q.token) else {
+        return (
+            StatusCode::BAD_REQUEST,
+            page("Link not valid", "<p>This unsubscribe link is not valid.</p>"),
+        )
+            .into_response();
+    };
+    let Ok(cid) = id.parse::<ContactId>() else {
+        return (
+            StatusCode::BAD_REQUEST,
+            page("Link not valid", "<p>This unsubscribe link is not valid.</p>"),
+        )
+            .into_response();
+    };
+    match app.store.unsubscribe_contact(&cid).await {
+        Ok(c) => {
+            tracing::info!(contact.id = %c.id, "contact unsubscribed");
+            page(
+                "Unsubscribed",
+                &format!("<p><strong>{}</strong> will receive no more bulletins.</p>", escape(&c.email)),
+            )
+            .into_response()
+        }
+        Err(StoreError::NotFound { .. }) => {
+            (StatusCode::NOT_FOUND, page("Not found", "<p>This address is no longer subscribed.</p>"))
+                .into_response()
+        }
+        Err(e) => ApiError::from(e).into_response(),
+    }
+}

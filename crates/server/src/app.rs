@@ -1,0 +1,81 @@
+//! The running application: the store, the configured parts, and the wake-ups between
+//! stages. Stages hand work to each other through the database; a `Notify` only shortens
+//! the wait (DESIGN.md §1).
+
+use crate::config::Settings;
+use anyhow::{Context, Result};
+use broadcast_distribute::email::{EmailChannel, EmailSettings};
+use broadcast_distribute::render::Renderer;
+use broadcast_distribute::webhook::WebhookChannel;
+use broadcast_store::Store;
+use broadcast_triage::Rules;
+use std::sync::Arc;
+use tokio::sync::Notify;
+
+#[derive(Clone)]
+pub struct App {
+    pub settings: Arc<Settings>,
+    pub store: Store,
+    pub renderer: Arc<Renderer>,
+    pub rules: Arc<Rules>,
+    pub wake_triage: Arc<Notify>,
+    pub wake_delivery: Arc<Notify>,
+}
+
+impl App {
+    /// Connects to the store and applies pending migrations.
+    pub async fn open(settings: Settings) -> Result<App> {
+        let url = settings.store_url();
+        let store =
+            Store::connect(&url).await.with_context(|| format!("cannot open store {}", redact(&url)))?;
+        store.migrate().await.context("cannot migrate the store")?;
+        let renderer = Renderer::from_dir(settings.path(&settings.bulletins.templates_dir))?;
+        let rules = Rules::new(&settings.triage.watchlist)?;
+        Ok(App {
+            settings: Arc::new(settings),
+            store,
+            renderer: Arc::new(renderer),
+            rules: Arc::new(rules),
+            wake_triage: Arc::new(Notify::new()),
+            wake_delivery: Arc::new(Notify::new()),
+        })
+    }
+
+    /// The email channel, with relative paths resolved.
+    pub fn email_channel(&self) -> Result<EmailChannel> {
+        let mut s: EmailSettings = self.settings.email.clone();
+        if let Some(dir) = &s.file_dir {
+            s.file_dir = Some(self.settings.path(dir).display().to_string());
+        }
+        Ok(EmailChannel::new(&s)?)
+    }
+
+    pub fn webhook_channel(&self) -> Result<WebhookChannel> {
+        Ok(WebhookChannel::new(&self.settings.webhook)?)
+    }
+
+    /// Public link to a bulletin.
+    pub fn bulletin_url(&self, reference: &str) -> String {
+        format!("{}/bulletins/{reference}", self.settings.api.public_url.trim_end_matches('/'))
+    }
+
+    /// A contact's one-click unsubscribe link.
+    pub fn unsubscribe_url(&self, contact_id: &str) -> String {
+        format!(
+            "{}/unsubscribe?token={}",
+            self.settings.api.public_url.trim_end_matches('/'),
+            crate::auth::unsubscribe_token(&self.settings.security.link_secret, contact_id)
+        )
+    }
+}
+
+/// Hides a password in a database URL for messages.
+pub fn redact(url: &str) -> String {
+    match url::Url::parse(url) {
+        Ok(mut u) if u.password().is_some() => {
+            let _ = u.set_password(Some("***"));
+            u.to_string()
+        }
+        _ => url.to_owned(),
+    }
+}

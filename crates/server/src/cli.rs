@@ -1,0 +1,551 @@
+//! The `broadcast` command line.
+
+use crate::app::App;
+use crate::config::Settings;
+use anyhow::{Context, Result, bail};
+use broadcast_core::{Action, AdvisoryId, BulletinState, Role, ThreatLevel, Tlp};
+use broadcast_store::CandidateFilter;
+use chrono::Utc;
+use clap::{Parser, Subcommand};
+use serde_json::json;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+#[derive(Parser)]
+#[command(name = "broadcast", version, about = "Threat-bulletin broadcast for health and social care")]
+pub struct Cli {
+    /// Configuration file (layered over the built-in defaults; BROADCAST_* variables override both).
+    #[arg(short, long, global = true, env = "BROADCAST_CONFIG")]
+    pub config: Option<PathBuf>,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Subcommand)]
+pub enum Command {
+    /// Run the roles switched on in config (api, collector, worker) until stopped.
+    Run,
+    /// Apply database migrations and exit.
+    Migrate,
+    /// Check the configuration (cron expressions, templates, URLs, watchlist) and exit.
+    CheckConfig,
+    /// Load organisations, contacts, endpoints and analysts from a seed file.
+    Seed { file: PathBuf },
+    /// Manage analysts and their API tokens.
+    #[command(subcommand)]
+    Analyst(AnalystCmd),
+    /// List candidates: assessed advisories, most relevant first.
+    Candidates {
+        /// Include advisories triage found irrelevant.
+        #[arg(long)]
+        all: bool,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Show one advisory with its revisions and assessment.
+    Advisory { id: String },
+    /// Draft, review and publish bulletins.
+    #[command(subcommand)]
+    Bulletin(BulletinCmd),
+    /// Manage subscribing organisations.
+    #[command(subcommand)]
+    Org(OrgCmd),
+    /// Add an email contact to an organisation.
+    #[command(subcommand)]
+    Contact(ContactCmd),
+    /// Add a webhook endpoint to an organisation.
+    #[command(subcommand)]
+    Endpoint(EndpointCmd),
+    /// Delivery states of a bulletin.
+    Deliveries {
+        bulletin: String,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Feeds and their health.
+    Feeds {
+        #[arg(long)]
+        json: bool,
+    },
+    /// Collect feeds now, outside their schedule.
+    Collect {
+        /// Run this feed once (by id).
+        #[arg(long)]
+        once: String,
+    },
+}
+
+#[derive(Subcommand)]
+pub enum AnalystCmd {
+    /// Create an analyst and print their API token (shown once).
+    Add {
+        name: String,
+        #[arg(long, default_value = "analyst", value_parser = ["analyst", "approver", "admin"])]
+        role: String,
+    },
+    /// Replace an analyst's API token and print the new one.
+    Token {
+        name: String,
+    },
+    List,
+}
+
+#[derive(Subcommand)]
+pub enum BulletinCmd {
+    /// Draft a bulletin from advisories.
+    Draft {
+        /// Advisory ids (adv_…).
+        advisories: Vec<String>,
+        /// The analyst writing it.
+        #[arg(long = "as")]
+        actor: String,
+        #[arg(long)]
+        title: Option<String>,
+        #[arg(long)]
+        tlp: Option<String>,
+        #[arg(long)]
+        level: Option<String>,
+    },
+    Submit(ActArgs),
+    Recall(ActArgs),
+    Approve(ActArgs),
+    Reject(ActArgs),
+    Reopen(ActArgs),
+    Publish(ActArgs),
+    Withdraw(ActArgs),
+    Show {
+        bulletin: String,
+    },
+    List {
+        #[arg(long)]
+        state: Option<String>,
+    },
+    /// Render the email (text) as a recipient would see it.
+    Preview {
+        bulletin: String,
+    },
+}
+
+#[derive(clap::Args)]
+pub struct ActArgs {
+    /// Bulletin id or reference (HCB-2026-0042).
+    bulletin: String,
+    #[arg(long = "as")]
+    actor: String,
+    #[arg(long)]
+    comment: Option<String>,
+}
+
+#[derive(Subcommand)]
+pub enum OrgCmd {
+    Add {
+        name: String,
+        /// Most restrictive TLP the organisation may receive.
+        #[arg(long, default_value = "GREEN")]
+        tlp_clearance: String,
+        /// Bulletins below this level are not sent to it.
+        #[arg(long, default_value = "Information")]
+        min_level: String,
+    },
+    List,
+    Show {
+        org: String,
+    },
+}
+
+#[derive(Subcommand)]
+pub enum ContactCmd {
+    Add {
+        /// Organisation id or name.
+        org: String,
+        email: String,
+        #[arg(long, default_value = "")]
+        name: String,
+    },
+}
+
+#[derive(Subcommand)]
+pub enum EndpointCmd {
+    /// Register a webhook URL; prints the signing secret (shown once) unless one is given.
+    Add {
+        org: String,
+        url: String,
+        #[arg(long)]
+        secret: Option<String>,
+    },
+}
+
+pub fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info,sqlx=warn".into()),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let rt = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: cannot start the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match rt.block_on(execute(cli)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn execute(cli: Cli) -> Result<()> {
+    let settings = Settings::load(cli.config.as_deref())?;
+    if matches!(cli.command, Command::CheckConfig) {
+        settings.validate()?;
+        println!("configuration is valid ({} feeds)", settings.feeds.len());
+        return Ok(());
+    }
+    settings.validate()?;
+    let app = App::open(settings).await?;
+    let now = Utc::now();
+    match cli.command {
+        Command::CheckConfig => unreachable!("handled above"),
+        Command::Run => run(app.clone()).await?,
+        Command::Migrate => println!("migrations applied ({:?})", app.store.kind()),
+        Command::Seed { file } => {
+            let seed = crate::seed::read(&file)?;
+            let r = crate::seed::apply(&app.store, &seed).await?;
+            println!(
+                "seeded: {} analysts, {} organisations, {} contacts, {} endpoints added",
+                r.analysts, r.organisations, r.contacts, r.endpoints
+            );
+        }
+        Command::Analyst(cmd) => match cmd {
+            AnalystCmd::Add { name, role } => {
+                let role: Role = role.parse().map_err(anyhow::Error::msg)?;
+                let token = crate::auth::generate_token();
+                let a = app.store.create_analyst(&name, role, &crate::auth::hash_token(&token), now).await?;
+                eprintln!("created {} ({}) as {}; API token (shown once):", a.name, a.role, a.id);
+                println!("{token}");
+            }
+            AnalystCmd::Token { name } => {
+                let token = crate::auth::generate_token();
+                app.store.set_analyst_token(&name, &crate::auth::hash_token(&token)).await?;
+                eprintln!("new API token for {name} (the old one no longer works):");
+                println!("{token}");
+            }
+            AnalystCmd::List => {
+                for a in app.store.list_analysts().await? {
+                    println!("{:<24} {:<9} {}", a.name, a.role, a.id);
+                }
+            }
+        },
+        Command::Candidates { all, json } => {
+            let list =
+                app.store.list_candidates(&CandidateFilter { include_irrelevant: all, limit: None }).await?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&json!({ "candidates": list }))?);
+            } else if list.is_empty() {
+                println!("no candidates yet");
+            } else {
+                for c in list {
+                    println!(
+                        "{:>6.2}  {:<11} {}  {}\n        {}",
+                        c.assessment.score,
+                        c.assessment.threat_level,
+                        c.advisory.id,
+                        c.advisory.content.title,
+                        c.assessment.reasons.join("; ")
+                    );
+                }
+            }
+        }
+        Command::Advisory { id } => {
+            let id: AdvisoryId = id.parse()?;
+            let adv = app.store.get_advisory(&id).await?;
+            let assessment = app.store.latest_assessment(&id).await?;
+            let revisions = app.store.advisory_revisions(&id).await?;
+            println!(
+                "{}",
+                serde_json::to_string_pretty(
+                    &json!({ "advisory": adv, "assessment": assessment, "revisions": revisions })
+                )?
+            );
+        }
+        Command::Bulletin(cmd) => bulletin(&app, cmd).await?,
+        Command::Org(cmd) => match cmd {
+            OrgCmd::Add { name, tlp_clearance, min_level } => {
+                let tlp: Tlp = tlp_clearance.parse()?;
+                let level: ThreatLevel = min_level.parse()?;
+                let o = app.store.create_organisation(&name, tlp, level, now).await?;
+                println!("{}", o.id);
+            }
+            OrgCmd::List => {
+                for o in app.store.list_organisations().await? {
+                    println!(
+                        "{:<40} {:<13} min {:<11} {}",
+                        o.name,
+                        o.tlp_clearance.to_string(),
+                        o.min_threat_level,
+                        o.id
+                    );
+                }
+            }
+            OrgCmd::Show { org } => {
+                let o = app.store.get_organisation(&org).await?;
+                let contacts = app.store.list_contacts(&o.id).await?;
+                let endpoints = app.store.list_endpoints(&o.id).await?;
+                println!(
+                    "{}",
+                    serde_json::to_string_pretty(
+                        &json!({ "organisation": o, "contacts": contacts, "endpoints": endpoints })
+                    )?
+                );
+            }
+        },
+        Command::Contact(ContactCmd::Add { org, email, name }) => {
+            let c = app.store.add_contact(&org, &email, &name, now).await?;
+            println!("{}", c.id);
+        }
+        Command::Endpoint(EndpointCmd::Add { org, url, secret }) => {
+            crate::validate_webhook_url(&url).map_err(anyhow::Error::msg)?;
+            let (secret, show) = match secret {
+                Some(s) => {
+                    broadcast_distribute::sign::validate_secret(&s)?;
+                    (s, false)
+                }
+                None => {
+                    (broadcast_distribute::sign::secret_from_bytes(&crate::auth::random_secret_bytes()), true)
+                }
+            };
+            let ep = app.store.add_endpoint(&org, &url, &secret, now).await?;
+            println!("{}", ep.id);
+            if show {
+                eprintln!("signing secret (shown once; give it to the receiver):");
+                println!("{secret}");
+            }
+        }
+        Command::Deliveries { bulletin, json } => {
+            let b = app.store.get_bulletin(&bulletin).await?;
+            let counts = app.store.delivery_counts(&b.id).await?;
+            let rows = app.store.deliveries_for_bulletin(&b.id).await?;
+            if json {
+                println!(
+                    "{}",
+                    serde_json::to_string_pretty(
+                        &json!({ "bulletin": b.reference, "counts": counts, "deliveries": rows })
+                    )?
+                );
+            } else {
+                let summary: Vec<String> = counts.iter().map(|(k, v)| format!("{k} {v}")).collect();
+                println!("{} ({}): {}", b.reference, b.state, summary.join(", "));
+                for d in rows {
+                    println!(
+                        "  {:<10} {:<8} {:<45} attempts {}  {}",
+                        d.state.to_string(),
+                        d.channel.to_string(),
+                        d.address,
+                        d.attempts,
+                        d.reason.unwrap_or_default()
+                    );
+                }
+            }
+        }
+        Command::Feeds { json } => {
+            let states = app.store.list_feed_states().await?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&json!({ "feeds": states }))?);
+            } else {
+                for f in &app.settings.feeds {
+                    let st = states.iter().find(|s| s.feed_id == f.id());
+                    let health = match st {
+                        None => "never run".to_owned(),
+                        Some(s) if s.consecutive_failures > 0 => format!(
+                            "FAILING ({} in a row): {}",
+                            s.consecutive_failures,
+                            s.last_error.clone().unwrap_or_default()
+                        ),
+                        Some(s) => format!(
+                            "ok, last success {}, {} items",
+                            s.last_success.map(|t| t.to_rfc3339()).unwrap_or_default(),
+                            s.items_seen
+                        ),
+                    };
+                    println!("{:<24} {:<16} {}", f.id(), f.schedule_expr(), health);
+                }
+            }
+        }
+        Command::Collect { once } => {
+            let cfg = app
+                .settings
+                .feeds
+                .iter()
+                .find(|f| f.id() == once)
+                .with_context(|| format!("no feed `{once}` in the configuration"))?;
+            let cfg = crate::stages::collector::resolve(&app, cfg);
+            let feed = cfg.build()?;
+            let runner = crate::stages::collector::runner(&app)?;
+            let r = crate::stages::collector::collect_once(&app, &runner, feed.as_ref())
+                .await
+                .map_err(anyhow::Error::msg)?;
+            let assessed = crate::stages::triage::assess_pending(&app).await?;
+            println!(
+                "{once}: {} new, {} revised, {} unchanged, {} refused{}; {assessed} assessed",
+                r.new,
+                r.revised,
+                r.unchanged,
+                r.refused,
+                if r.not_modified { " (not modified)" } else { "" }
+            );
+        }
+    }
+    app.store.close().await;
+    Ok(())
+}
+
+async fn bulletin(app: &App, cmd: BulletinCmd) -> Result<()> {
+    let now = Utc::now();
+    let act = |args: &ActArgs, action: Action| {
+        (args.bulletin.clone(), args.actor.clone(), args.comment.clone(), action)
+    };
+    let (key, actor, comment, action) = match &cmd {
+        BulletinCmd::Draft { advisories, actor, title, tlp, level } => {
+            let author = app.store.analyst_by_name(actor).await?;
+            let ids: Vec<AdvisoryId> = advisories.iter().map(|s| s.parse()).collect::<Result<_, _>>()?;
+            let mut items = Vec::new();
+            for id in &ids {
+                items.push((app.store.get_advisory(id).await?, app.store.latest_assessment(id).await?));
+            }
+            let mut content = broadcast_triage::draft_bulletin(&items);
+            if let Some(t) = title {
+                content.title = t.clone();
+            }
+            if let Some(t) = tlp {
+                content.tlp = t.parse()?;
+            }
+            if let Some(l) = level {
+                content.threat_level = l.parse()?;
+            }
+            let b = app
+                .store
+                .create_bulletin(&content, &ids, &author.id, &app.settings.bulletins.reference_prefix, now)
+                .await?;
+            println!("{} {}", b.reference, b.id);
+            return Ok(());
+        }
+        BulletinCmd::Show { bulletin } => {
+            let b = app.store.get_bulletin(bulletin).await?;
+            let history = app.store.bulletin_events(&b.id).await?;
+            println!("{}", serde_json::to_string_pretty(&json!({ "bulletin": b, "history": history }))?);
+            return Ok(());
+        }
+        BulletinCmd::List { state } => {
+            let state: Option<BulletinState> =
+                state.as_deref().map(str::parse).transpose().map_err(anyhow::Error::msg)?;
+            for b in app.store.list_bulletins(state).await? {
+                println!(
+                    "{:<15} {:<10} {:<11} {}",
+                    b.reference, b.state, b.content.threat_level, b.content.title
+                );
+            }
+            return Ok(());
+        }
+        BulletinCmd::Preview { bulletin } => {
+            let b = app.store.get_bulletin(bulletin).await?;
+            let ctx = broadcast_distribute::render::EmailContext {
+                bulletin: b.clone(),
+                organisation: "Example Organisation".into(),
+                recipient_name: "Recipient".into(),
+                unsubscribe_url: app.unsubscribe_url("con_preview"),
+                bulletin_url: app.bulletin_url(&b.reference),
+                body_allowed: b.content.tlp.allowed_in_email_body(),
+            };
+            let e = app.renderer.render_email("bulletin", &ctx)?;
+            println!("Subject: {}\n\n{}", e.subject, e.text);
+            return Ok(());
+        }
+        BulletinCmd::Submit(a) => act(a, Action::Submit),
+        BulletinCmd::Recall(a) => act(a, Action::Recall),
+        BulletinCmd::Approve(a) => act(a, Action::Approve),
+        BulletinCmd::Reject(a) => act(a, Action::Reject),
+        BulletinCmd::Reopen(a) => act(a, Action::Reopen),
+        BulletinCmd::Publish(a) => act(a, Action::Publish),
+        BulletinCmd::Withdraw(a) => act(a, Action::Withdraw),
+    };
+    let analyst = app.store.analyst_by_name(&actor).await?;
+    if action.needs_second_pair_of_eyes() && !analyst.role.can_review() {
+        bail!("{} (role {}) may not {action} bulletins", analyst.name, analyst.role);
+    }
+    let t = app.store.transition_bulletin(&key, action, &analyst.id, comment.as_deref(), None, now).await?;
+    print!("{} is now {}", t.bulletin.reference, t.bulletin.state);
+    if action == Action::Publish {
+        print!("; {} deliveries queued (a running worker sends them)", t.deliveries_created);
+    }
+    if t.deliveries_cancelled > 0 {
+        print!("; {} pending deliveries cancelled", t.deliveries_cancelled);
+    }
+    println!();
+    Ok(())
+}
+
+/// Runs the configured roles until SIGINT or SIGTERM.
+async fn run(app: App) -> Result<()> {
+    if let Some(seed) = &app.settings.seed_file {
+        let path = app.settings.path(seed);
+        let s = crate::seed::read(&path)?;
+        let r = crate::seed::apply(&app.store, &s).await?;
+        tracing::info!(file = %path.display(), organisations = r.organisations, contacts = r.contacts, analysts = r.analysts, "seed applied");
+    }
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let roles = app.settings.roles.clone();
+    let mut tasks = tokio::task::JoinSet::new();
+    if roles.api {
+        let listen = app.settings.api.listen.clone();
+        let listener = tokio::net::TcpListener::bind(&listen)
+            .await
+            .with_context(|| format!("api.listen: cannot listen on {listen}"))?;
+        tracing::info!(address = %listener.local_addr()?, public_url = %app.settings.api.public_url, "API listening");
+        let router = crate::api::router(app.clone()).layer(tower_http::trace::TraceLayer::new_for_http());
+        let mut stop = stop_rx.clone();
+        tasks.spawn(async move {
+            axum::serve(listener, router)
+                .with_graceful_shutdown(async move {
+                    let _ = stop.changed().await;
+                })
+                .await
+                .context("API server")
+        });
+    }
+    if roles.collector {
+        tasks.spawn(crate::stages::collector::run(app.clone(), stop_rx.clone()));
+    }
+    if roles.worker {
+        tasks.spawn(crate::stages::triage::run(app.clone(), stop_rx.clone()));
+        tasks.spawn(crate::stages::delivery::run(app.clone(), stop_rx.clone()));
+    }
+    tracing::info!(api = roles.api, collector = roles.collector, worker = roles.worker, store = ?app.store.kind(), "broadcast running");
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = term.recv() => {}
+        Some(res) = tasks.join_next() => {
+            // A role ended on its own: that is an error worth stopping for.
+            let _ = stop_tx.send(true);
+            match res {
+                Ok(Ok(())) => bail!("a role stopped unexpectedly"),
+                Ok(Err(e)) => return Err(e),
+                Err(e) => bail!("a role panicked: {e}"),
+            }
+        }
+    }
+    tracing::info!("shutting down");
+    let _ = stop_tx.send(true);
+    while let Some(res) = tasks.join_next().await {
+        if let Ok(Err(e)) = res {
+            tracing::warn!(error = %format!("{e:#}"), "role ended with an error");
+        }
+    }
+    Ok(())
+}

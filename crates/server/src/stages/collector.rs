@@ -1,0 +1,136 @@
+//! Collector: runs each feed on its cron schedule (and once at start-up), and stores what
+//! it returns as advisories or revisions.
+
+use crate::app::App;
+use crate::stages::sleep_or_shutdown;
+use broadcast_collect::{Feed, FeedConfig, FetchOutcome, Runner, RunnerConfig, Validators};
+use broadcast_store::Change;
+use chrono::Utc;
+use serde::Serialize;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::sync::watch;
+
+/// What one run of one feed did.
+#[derive(Debug, Default, Clone, Serialize, PartialEq, Eq)]
+pub struct CollectReport {
+    pub not_modified: bool,
+    pub new: usize,
+    pub revised: usize,
+    pub unchanged: usize,
+    pub refused: usize,
+}
+
+pub fn runner(app: &App) -> anyhow::Result<Runner> {
+    let c = &app.settings.collect;
+    Ok(Runner::new(RunnerConfig {
+        timeout: Duration::from_secs(c.timeout_secs),
+        connect_timeout: Duration::from_secs(c.connect_timeout_secs),
+        max_body_bytes: c.max_body_bytes,
+        ..RunnerConfig::default()
+    })?)
+}
+
+/// Makes `file:` feed URLs relative to the working directory absolute.
+pub fn resolve(app: &App, cfg: &FeedConfig) -> FeedConfig {
+    let mut cfg = cfg.clone();
+    match &mut cfg {
+        FeedConfig::Rss(c) => {
+            if let Some(rest) = c.url.strip_prefix("file:")
+                && !rest.starts_with('/')
+            {
+                c.url = format!("file://{}", app.settings.path(rest).display());
+            }
+        }
+    }
+    cfg
+}
+
+/// Runs one feed once: fetch (conditionally), parse, store, record health.
+pub async fn collect_once(app: &App, runner: &Runner, feed: &dyn Feed) -> Result<CollectReport, String> {
+    let id = feed.id();
+    let state = app.store.feed_state(id).await.map_err(|e| e.to_string())?.unwrap_or_default();
+    let validators = Validators { etag: state.etag, last_modified: state.last_modified };
+    let outcome = match runner.run(feed, &validators).await {
+        Ok(o) => o,
+        Err(e) => {
+            let msg = e.to_string();
+            tracing::warn!(source.id = id, error = %msg, "feed fetch failed");
+            let _ = app.store.record_feed_failure(id, &msg, Utc::now()).await;
+            return Err(msg);
+        }
+    };
+    let mut report = CollectReport::default();
+    match outcome {
+        FetchOutcome::NotModified => {
+            report.not_modified = true;
+            app.store.record_feed_success(id, None, 0, Utc::now()).await.map_err(|e| e.to_string())?;
+        }
+        FetchOutcome::Fetched { parsed, validators, bytes, pages } => {
+            for why in &parsed.refused {
+                tracing::warn!(source.id = id, reason = %why, "feed item refused");
+            }
+            report.refused = parsed.refused.len();
+            for item in &parsed.items {
+                match app.store.upsert_advisory(item, Utc::now()).await {
+                    Ok(u) => match u.change {
+                        Change::New => report.new += 1,
+                        Change::Revised => report.revised += 1,
+                        Change::Unchanged => report.unchanged += 1,
+                    },
+                    Err(e) => {
+                        let msg = format!("storing `{}`: {e}", item.external_id);
+                        let _ = app.store.record_feed_failure(id, &msg, Utc::now()).await;
+                        return Err(msg);
+                    }
+                }
+            }
+            let items = (report.new + report.revised) as i64;
+            app.store
+                .record_feed_success(id, Some((validators.etag, validators.last_modified)), items, Utc::now())
+                .await
+                .map_err(|e| e.to_string())?;
+            tracing::info!(
+                source.id = id,
+                bytes,
+                pages,
+                new = report.new,
+                revised = report.revised,
+                unchanged = report.unchanged,
+                refused = report.refused,
+                "feed collected"
+            );
+        }
+    }
+    if report.new + report.revised > 0 {
+        app.wake_triage.notify_one();
+    }
+    Ok(report)
+}
+
+/// Runs every enabled feed on its schedule until shutdown.
+pub async fn run(app: App, shutdown: watch::Receiver<bool>) -> anyhow::Result<()> {
+    let runner = Arc::new(runner(&app)?);
+    let mut tasks = Vec::new();
+    for cfg in app.settings.feeds.iter().filter(|f| f.enabled()) {
+        let cfg = resolve(&app, cfg);
+        let feed: Arc<dyn Feed> = Arc::from(cfg.build()?);
+        let schedule = cfg.schedule()?;
+        let (app, runner, mut shutdown) = (app.clone(), runner.clone(), shutdown.clone());
+        tasks.push(tokio::spawn(async move {
+            loop {
+                let _ = collect_once(&app, &runner, feed.as_ref()).await;
+                let now = Utc::now();
+                let Some(next) = broadcast_collect::next_run(&schedule, now) else { break };
+                let wait = (next - now).to_std().unwrap_or(Duration::from_secs(1));
+                if sleep_or_shutdown(wait, &mut shutdown).await {
+                    break;
+                }
+            }
+        }));
+    }
+    for t in tasks {
+        let _ = t.await;
+    }
+    Ok(())
+}

@@ -1,0 +1,232 @@
+//! Delivery workers: claim due outbox rows with a lease, send each through its channel,
+//! record every attempt, and schedule retries. A row whose worker dies returns to the
+//! queue when its lease expires, so nothing is lost; the webhook id and Message-ID come
+//! from the delivery id, so a resend after a crash is recognisable as the same message.
+
+use crate::app::App;
+use crate::stages::sleep_or_shutdown;
+use anyhow::Result;
+use broadcast_core::{Bulletin, ChannelKind, ContactId, Delivery, EndpointId};
+use broadcast_distribute::email::{EmailChannel, EmailMessage};
+use broadcast_distribute::render::EmailContext;
+use broadcast_distribute::retry::RetryPolicy;
+use broadcast_distribute::webhook::{WebhookChannel, WebhookMessage};
+use broadcast_distribute::{Channel, DeliveryError, Receipt, payload};
+use broadcast_store::{AttemptOutcome, AttemptRecord};
+use chrono::Utc;
+use futures::StreamExt;
+use rand::Rng;
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use tokio::sync::{Mutex, watch};
+
+pub struct Worker {
+    app: App,
+    id: String,
+    email: Arc<EmailChannel>,
+    webhook: Arc<WebhookChannel>,
+    policy: RetryPolicy,
+}
+
+/// Per-round caches, so a fan-out of thousands reads each bulletin and organisation once.
+#[derive(Default)]
+struct Cache {
+    bulletins: HashMap<String, Arc<Bulletin>>,
+    orgs: HashMap<String, String>,
+}
+
+impl Worker {
+    pub fn new(app: App) -> Result<Worker> {
+        let id = format!("{}-{}-{:04x}", hostname(), std::process::id(), rand::rng().random::<u16>());
+        Ok(Worker {
+            email: Arc::new(app.email_channel()?),
+            webhook: Arc::new(app.webhook_channel()?),
+            policy: app.settings.retry_policy(),
+            id,
+            app,
+        })
+    }
+
+    /// One round: claim up to a batch of due rows and deliver them concurrently.
+    /// Returns how many rows were processed.
+    pub async fn round(&self) -> Result<usize> {
+        let s = &self.app.settings.delivery;
+        let due = self
+            .app
+            .store
+            .claim_due_deliveries(&self.id, Utc::now(), Duration::from_secs(s.lease_secs), s.batch_size)
+            .await?;
+        let n = due.len();
+        let cache = Arc::new(Mutex::new(Cache::default()));
+        futures::stream::iter(due)
+            .for_each_concurrent(s.concurrency, |d| {
+                let cache = cache.clone();
+                async move { self.deliver_one(d, cache).await }
+            })
+            .await;
+        Ok(n)
+    }
+
+    async fn deliver_one(&self, d: Delivery, cache: Arc<Mutex<Cache>>) {
+        let started_at = Utc::now();
+        let clock = Instant::now();
+        let result = self.attempt(&d, &cache).await;
+        let duration_ms = clock.elapsed().as_millis() as i64;
+        let attempts_made = d.attempts as u32 + 1;
+        let (outcome, detail) = match result {
+            Ok(Receipt { detail }) => (AttemptOutcome::Delivered, detail),
+            Err(DeliveryError::Permanent(e)) => (AttemptOutcome::Failed { error: e.clone() }, e),
+            Err(DeliveryError::Transient(e)) => match self
+                .policy
+                .next_delay(attempts_made, rand::rng().random())
+            {
+                Some(wait) => {
+                    let at = Utc::now()
+                        + chrono::Duration::from_std(wait).unwrap_or(chrono::Duration::seconds(60));
+                    (AttemptOutcome::Retry { at, error: e.clone() }, e)
+                }
+                None => (
+                    AttemptOutcome::Failed { error: format!("gave up after {attempts_made} attempts: {e}") },
+                    e,
+                ),
+            },
+        };
+        match &outcome {
+            AttemptOutcome::Delivered => {
+                tracing::debug!(delivery.id = %d.id, channel = %d.channel, duration_ms, "delivered")
+            }
+            AttemptOutcome::Retry { at, error } => {
+                tracing::info!(delivery.id = %d.id, channel = %d.channel, attempt = attempts_made, retry_at = %at, error = %error, "delivery will be retried")
+            }
+            AttemptOutcome::Failed { error } => {
+                tracing::warn!(delivery.id = %d.id, channel = %d.channel, attempt = attempts_made, error = %error, "delivery failed")
+            }
+        }
+        let rec = AttemptRecord { started_at, duration_ms, outcome, detail };
+        if let Err(e) = self.app.store.record_attempt(&d.id, &rec).await {
+            // The lease expires and the row is tried again: at worst a duplicate with the
+            // same webhook-id / Message-ID, never a loss.
+            tracing::error!(delivery.id = %d.id, error = %e, "could not record attempt");
+        }
+    }
+
+    async fn attempt(&self, d: &Delivery, cache: &Mutex<Cache>) -> Result<Receipt, DeliveryError> {
+        let store_err = |e: broadcast_store::StoreError| DeliveryError::Transient(format!("store: {e}"));
+        let (bulletin, org_name) = {
+            let mut c = cache.lock().await;
+            let b = match c.bulletins.get(d.bulletin_id.as_str()) {
+                Some(b) => b.clone(),
+                None => {
+                    let b = Arc::new(
+                        self.app.store.get_bulletin(d.bulletin_id.as_str()).await.map_err(store_err)?,
+                    );
+                    c.bulletins.insert(d.bulletin_id.to_string(), b.clone());
+                    b
+                }
+            };
+            let org = match c.orgs.get(d.org_id.as_str()) {
+                Some(o) => o.clone(),
+                None => {
+                    let o = self.app.store.get_organisation(d.org_id.as_str()).await.map_err(store_err)?.name;
+                    c.orgs.insert(d.org_id.to_string(), o.clone());
+                    o
+                }
+            };
+            (b, org)
+        };
+        let bulletin_url = self.app.bulletin_url(&bulletin.reference);
+        match d.channel {
+            ChannelKind::Email => {
+                let cid: ContactId =
+                    d.recipient_id.parse().map_err(|e| DeliveryError::Permanent(format!("{e}")))?;
+                let contact = self.app.store.get_contact(&cid).await.map_err(store_err)?;
+                if contact.unsubscribed {
+                    return Err(DeliveryError::Permanent("contact unsubscribed".into()));
+                }
+                let unsubscribe_url = self.app.unsubscribe_url(contact.id.as_str());
+                let ctx = EmailContext {
+                    bulletin: (*bulletin).clone(),
+                    organisation: org_name,
+                    recipient_name: contact.name.clone(),
+                    unsubscribe_url: unsubscribe_url.clone(),
+                    bulletin_url,
+                    body_allowed: bulletin.content.tlp.allowed_in_email_body(),
+                };
+                let rendered = self
+                    .app
+                    .renderer
+                    .render_email("bulletin", &ctx)
+                    .map_err(|e| DeliveryError::Transient(format!("rendering: {e}")))?;
+                let msg = EmailMessage {
+                    delivery_id: d.id.to_string(),
+                    to: contact.email.clone(),
+                    to_name: contact.name.clone(),
+                    rendered,
+                    unsubscribe_url,
+                };
+                self.email.deliver(&msg).await
+            }
+            ChannelKind::Webhook => {
+                let eid: EndpointId =
+                    d.recipient_id.parse().map_err(|e| DeliveryError::Permanent(format!("{e}")))?;
+                let ep = self.app.store.get_endpoint(&eid).await.map_err(store_err)?;
+                if !ep.enabled {
+                    return Err(DeliveryError::Permanent("endpoint disabled".into()));
+                }
+                let msg = WebhookMessage {
+                    id: d.id.to_string(),
+                    url: ep.url.clone(),
+                    secret: ep.secret.clone(),
+                    body: payload::bulletin_published(&bulletin, &bulletin_url),
+                    timestamp: Utc::now().timestamp(),
+                };
+                self.webhook.deliver(&msg).await
+            }
+        }
+    }
+}
+
+/// Runs a worker until shutdown: delivers as long as rows are due, then waits for a publish
+/// (woken at once) or the next due retry.
+pub async fn run(app: App, mut shutdown: watch::Receiver<bool>) -> Result<()> {
+    let worker = Worker::new(app.clone())?;
+    tracing::info!(worker.id = %worker.id, "delivery worker started");
+    let poll = Duration::from_millis(app.settings.delivery.poll_interval_ms);
+    loop {
+        let notified = app.wake_delivery.notified();
+        let n = match worker.round().await {
+            Ok(n) => n,
+            Err(e) => {
+                tracing::error!(error = %e, "delivery round failed");
+                0
+            }
+        };
+        if *shutdown.borrow() {
+            return Ok(());
+        }
+        if n > 0 {
+            continue;
+        }
+        let wait = match app.store.next_due_at().await {
+            // Rows due now but leased by another worker: look again shortly, not in a spin.
+            Ok(Some(t)) => {
+                (t - Utc::now()).to_std().unwrap_or(Duration::ZERO).clamp(Duration::from_millis(100), poll)
+            }
+            _ => poll,
+        };
+        tokio::select! {
+            _ = notified => {}
+            stop = sleep_or_shutdown(wait, &mut shutdown) => if stop { return Ok(()) },
+        }
+    }
+}
+
+fn hostname() -> String {
+    std::env::var("HOSTNAME")
+        .ok()
+        .or_else(|| std::fs::read_to_string("/etc/hostname").ok())
+        .map(|h| h.trim().to_owned())
+        .filter(|h| !h.is_empty())
+        .unwrap_or_else(|| "node".into())
+}
