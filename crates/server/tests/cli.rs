@@ -1,0 +1,213 @@
+//! The `broadcast` binary driven as an operator would, on a throwaway SQLite store.
+//! Fixtures: `../../../tests/fixtures/medical-advisories.xml` (see its PROVENANCE.md) and
+//! `broken-feed.xml` (feed-rs/feed-rs fixture/rss2/rss_2.0_invalid_1.xml, not well-formed).
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+struct Env {
+    dir: tempfile::TempDir,
+    config: PathBuf,
+}
+
+fn repo() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../..").canonicalize().unwrap()
+}
+
+impl Env {
+    fn new(extra: &str) -> Env {
+        let dir = tempfile::tempdir().unwrap();
+        let config = dir.path().join("broadcast.toml");
+        let feed = repo().join("tests/fixtures/medical-advisories.xml");
+        let broken = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/broken-feed.xml");
+        std::fs::write(
+            &config,
+            format!(
+                r#"
+[store]
+url = "sqlite://{db}"
+[security]
+link_secret = "test-secret-test-secret-test-secret-0123"
+[bulletins]
+templates_dir = "{templates}"
+[email]
+transport = "file"
+file_dir = "{mail}"
+[[feeds]]
+type = "rss"
+id = "medical"
+url = "file://{feed}"
+[[feeds]]
+type = "rss"
+id = "broken"
+url = "file://{broken}"
+{extra}
+"#,
+                db = dir.path().join("b.db").display(),
+                templates = repo().join("bulletin-templates").display(),
+                mail = dir.path().join("mail").display(),
+                feed = feed.display(),
+                broken = broken.display(),
+            ),
+        )
+        .unwrap();
+        Env { dir, config }
+    }
+
+    fn run(&self, args: &[&str]) -> Output {
+        Command::new(env!("CARGO_BIN_EXE_broadcast"))
+            .arg("--config")
+            .arg(&self.config)
+            .args(args)
+            .current_dir(self.dir.path())
+            .env("RUST_LOG", "warn")
+            .output()
+            .unwrap()
+    }
+
+    /// Runs and expects success; returns stdout.
+    fn ok(&self, args: &[&str]) -> String {
+        let out = self.run(args);
+        assert!(out.status.success(), "{args:?} failed: {}", String::from_utf8_lossy(&out.stderr));
+        String::from_utf8(out.stdout).unwrap()
+    }
+
+    /// Runs and expects failure; returns stderr.
+    fn fails(&self, args: &[&str]) -> String {
+        let out = self.run(args);
+        assert!(
+            !out.status.success(),
+            "{args:?} should have failed: {}",
+            String::from_utf8_lossy(&out.stdout)
+        );
+        String::from_utf8(out.stderr).unwrap()
+    }
+}
+
+#[test]
+fn bad_configuration_is_refused_naming_the_key() {
+    let e = Env::new("");
+    assert!(e.ok(&["check-config"]).contains("configuration is valid (2 feeds)"));
+
+    let err = Env::new("[delivery]\nbatch_sise = 3").fails(&["check-config"]);
+    assert!(err.contains("unknown field `batch_sise`") && err.contains("delivery"), "{err}");
+
+    let err = Env::new(
+        "[[feeds]]\ntype = \"rss\"\nid = \"x\"\nurl = \"https://e.org/f\"\nschedule = \"every five minutes\"",
+    )
+    .fails(&["check-config"]);
+    assert!(err.contains("feed `x`: schedule: `every five minutes` is not a cron expression"), "{err}");
+
+    let err = Env::new("[[feeds]]\ntype = \"gopher\"\nid = \"x\"").fails(&["check-config"]);
+    assert!(err.contains("gopher"), "{err}");
+
+    let err = Env::new("[[feeds]]\ntype = \"rss\"\nid = \"medical\"\nurl = \"https://e.org/f\"")
+        .fails(&["check-config"]);
+    assert!(err.contains("id `medical` is used twice"), "{err}");
+
+    let err = Env::new("[api]\npublic_url = \"not a url\"").fails(&["check-config"]);
+    assert!(err.contains("api.public_url"), "{err}");
+
+    let missing = Command::new(env!("CARGO_BIN_EXE_broadcast"))
+        .args(["--config", "/nonexistent/broadcast.toml", "check-config"])
+        .output()
+        .unwrap();
+    assert!(String::from_utf8_lossy(&missing.stderr).contains("/nonexistent/broadcast.toml does not exist"));
+
+    // Environment variables override the file and are checked the same way.
+    let out = Command::new(env!("CARGO_BIN_EXE_broadcast"))
+        .args(["--config", e.config.to_str().unwrap(), "check-config"])
+        .env("BROADCAST_DELIVERY__BATCH_SIZE", "lots")
+        .output()
+        .unwrap();
+    assert!(String::from_utf8_lossy(&out.stderr).contains("delivery.batch_size"), "{out:?}");
+}
+
+#[test]
+fn subscribers_are_managed_and_bad_input_stores_nothing() {
+    let e = Env::new("");
+    let org = e.ok(&["org", "add", "Northshire Trust", "--tlp-clearance", "AMBER"]).trim().to_owned();
+    assert!(org.starts_with("org_"), "{org}");
+    let err = e.fails(&["contact", "add", "Nowhere Trust", "soc@nowhere.nhs.uk"]);
+    assert!(err.contains("organisation `Nowhere Trust` not found"), "{err}");
+    let err = e.fails(&["contact", "add", "Northshire Trust", "not-an-email"]);
+    assert!(err.contains("`not-an-email` is not an email address"), "{err}");
+    assert!(
+        e.ok(&["contact", "add", "Northshire Trust", "soc@northshire.nhs.uk", "--name", "SOC"])
+            .starts_with("con_")
+    );
+    let err = e.fails(&["endpoint", "add", &org, "ftp://soc.northshire.nhs.uk/hook"]);
+    assert!(err.contains("`ftp://soc.northshire.nhs.uk/hook` is not an http(s) URL"), "{err}");
+    let out = e.ok(&["endpoint", "add", &org, "https://soc.northshire.nhs.uk/hook"]);
+    let lines: Vec<&str> = out.lines().collect();
+    assert!(lines[0].starts_with("ep_") && lines[1].starts_with("whsec_"), "{out}");
+    let shown: serde_json::Value = serde_json::from_str(&e.ok(&["org", "show", "Northshire Trust"])).unwrap();
+    assert_eq!(shown["contacts"].as_array().unwrap().len(), 1);
+    assert_eq!(shown["endpoints"].as_array().unwrap().len(), 1);
+    assert!(shown["endpoints"][0].get("secret").is_none(), "secrets are never shown again");
+
+    // The example seed loads, and loading it twice adds nothing.
+    let seed = repo().join("config/examples/seed.toml");
+    let first = e.ok(&["seed", seed.to_str().unwrap()]);
+    assert!(first.contains("3 analysts, 3 organisations, 4 contacts"), "{first}");
+    let second = e.ok(&["seed", seed.to_str().unwrap()]);
+    assert!(second.contains("0 analysts, 0 organisations, 0 contacts, 0 endpoints"), "{second}");
+    // A seed with a bad entry is refused before anything is written.
+    let bad = e.dir.path().join("bad-seed.toml");
+    std::fs::write(&bad, "[[organisations]]\nname = \"Half Trust\"\ncontacts = [{ email = \"ok@half.nhs.uk\" }, { email = \"broken\" }]\n").unwrap();
+    let err = e.fails(&["seed", bad.to_str().unwrap()]);
+    assert!(err.contains("Half Trust") && err.contains("`broken`"), "{err}");
+    assert!(!e.ok(&["org", "list"]).contains("Half Trust"));
+}
+
+#[test]
+fn collect_draft_and_four_eyes_from_the_command_line() {
+    let e = Env::new("");
+    let token = e.ok(&["analyst", "add", "alice", "--role", "approver"]);
+    assert!(token.trim().starts_with("bct_"));
+    e.ok(&["analyst", "add", "bob", "--role", "approver"]);
+    e.ok(&["analyst", "add", "carol"]);
+
+    let out = e.ok(&["collect", "--once", "medical"]);
+    assert!(out.contains("medical: 18 new, 0 revised, 0 unchanged, 0 refused; 18 assessed"), "{out}");
+    // The same feed again stores nothing twice (and an unchanged file is not even re-read).
+    let again = e.ok(&["collect", "--once", "medical"]);
+    assert!(again.contains("0 new, 0 revised") && again.contains("not modified"), "{again}");
+
+    let cands: serde_json::Value = serde_json::from_str(&e.ok(&["candidates", "--json"])).unwrap();
+    let list = cands["candidates"].as_array().unwrap();
+    assert!(list.len() >= 10, "{} candidates", list.len());
+    let top = &list[0];
+    assert!(top["assessment"]["reasons"][0].as_str().unwrap().starts_with("matched watchlist"));
+    let adv = top["advisory"]["id"].as_str().unwrap();
+
+    let drafted = e.ok(&["bulletin", "draft", adv, "--as", "alice"]);
+    let reference = drafted.split_whitespace().next().unwrap().to_owned();
+    assert!(reference.starts_with("HCB-") && reference.ends_with("-0001"), "{drafted}");
+    e.ok(&["bulletin", "submit", &reference, "--as", "alice"]);
+    let err = e.fails(&["bulletin", "approve", &reference, "--as", "alice"]);
+    assert!(err.contains("four-eyes rule: ") && err.contains("cannot approve it"), "{err}");
+    let err = e.fails(&["bulletin", "approve", &reference, "--as", "carol"]);
+    assert!(err.contains("carol (role analyst) may not approve"), "{err}");
+    assert!(e.ok(&["bulletin", "approve", &reference, "--as", "bob"]).contains("is now approved"));
+    let published = e.ok(&["bulletin", "publish", &reference, "--as", "alice"]);
+    assert!(published.contains("is now published; 0 deliveries queued"), "{published}");
+    let err = e.fails(&["bulletin", "publish", &reference, "--as", "alice"]);
+    assert!(err.contains("cannot publish a bulletin that is published"), "{err}");
+    let shown: serde_json::Value = serde_json::from_str(&e.ok(&["bulletin", "show", &reference])).unwrap();
+    let actions: Vec<&str> =
+        shown["history"].as_array().unwrap().iter().map(|h| h["action"].as_str().unwrap()).collect();
+    assert_eq!(actions, vec!["create", "submit", "approve", "publish"]);
+}
+
+#[test]
+fn a_malformed_feed_fails_loudly_and_stores_nothing() {
+    let e = Env::new("");
+    let err = e.fails(&["collect", "--once", "broken"]);
+    assert!(err.contains("broken-feed.xml") && err.contains("not a readable"), "{err}");
+    let feeds = e.ok(&["feeds"]);
+    assert!(feeds.contains("FAILING (1 in a row)"), "{feeds}");
+    assert!(e.ok(&["candidates", "--all"]).contains("no candidates yet"));
+    let err = e.fails(&["collect", "--once", "nope"]);
+    assert!(err.contains("no feed `nope`"), "{err}");
+}
