@@ -1,1 +1,535 @@
+//! End to end: the real `broadcast` binary, a recorded feed served over HTTP, a real SMTP
+//! server (Python's aiosmtpd, an independent implementation), and a local HTTP receiver
+//! that verifies every webhook signature. The whole flow runs once on SQLite and once on
+//! PostgreSQL, and the assertions are about what recipients see.
+//!
+//! Needs: `python3 -m aiosmtpd` (`pip install aiosmtpd`; `.ci/run` installs it) and
+//! PostgreSQL at `BROADCAST_TEST_POSTGRES_URL` (default `postgres://postgres@127.0.0.1:5432/postgres`).
+//! Fixture: `tests/fixtures/medical-advisories.xml` (see `tests/fixtures/PROVENANCE.md`).
 
+use axum::http::{HeaderMap, StatusCode, header};
+use axum::response::IntoResponse;
+use axum::routing::{get, post};
+use broadcast_distribute::sign::verify;
+use serde_json::{Value, json};
+use std::net::TcpListener as StdListener;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+const FEED: &str = include_str!("../fixtures/medical-advisories.xml");
+const SOC_SECRET: &str = "whsec_c29jLXNlY3JldC1mb3ItdGhlLWUyZS10ZXN0cw==";
+const FLAKY_SECRET: &str = "whsec_Zmxha3ktc2VjcmV0LWZvci1lMmUtdGVzdHM=";
+const ADMIN_TOKEN: &str = "e2e-admin-token-0000000000000000";
+
+fn repo() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("..").canonicalize().unwrap()
+}
+
+/// The `broadcast` binary cargo built for this test run (`target/<profile>/broadcast`).
+fn broadcast_bin() -> PathBuf {
+    if let Ok(p) = std::env::var("BROADCAST_BIN") {
+        return PathBuf::from(p);
+    }
+    let exe = std::env::current_exe().unwrap();
+    let profile_dir = exe.parent().unwrap().parent().unwrap();
+    let bin = profile_dir.join("broadcast");
+    assert!(
+        bin.is_file(),
+        "{} not found: build it with `cargo build -p broadcast-server` (cargo test --workspace builds it)",
+        bin.display()
+    );
+    bin
+}
+
+fn free_port() -> u16 {
+    StdListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+/// A child process killed when the test ends, pass or fail.
+struct Proc(Child);
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// What the webhook receiver saw: one entry per request.
+#[derive(Clone, Debug)]
+struct Hook {
+    path: String,
+    id: String,
+    body: String,
+    signature_valid: bool,
+}
+
+async fn start_feed_server() -> String {
+    let app = axum::Router::new().route(
+        "/advisories.xml",
+        get(|h: HeaderMap| async move {
+            if h.get(header::IF_NONE_MATCH).is_some_and(|v| v == "\"feed-v1\"") {
+                return StatusCode::NOT_MODIFIED.into_response();
+            }
+            ([(header::ETAG, "\"feed-v1\""), (header::CONTENT_TYPE, "application/rss+xml")], FEED)
+                .into_response()
+        }),
+    );
+    let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = l.local_addr().unwrap();
+    tokio::spawn(async move { axum::serve(l, app).await.unwrap() });
+    format!("http://{addr}/advisories.xml")
+}
+
+/// A SOC's receiver: verifies the Standard Webhooks signature of every request with the
+/// secret registered for that path. `/flaky` answers 503 to its first request.
+async fn start_receiver(seen: Arc<Mutex<Vec<Hook>>>) -> String {
+    let flaky_calls = Arc::new(AtomicUsize::new(0));
+    let handler = move |path: &'static str, secret: &'static str| {
+        let seen = seen.clone();
+        let flaky_calls = flaky_calls.clone();
+        move |h: HeaderMap, body: String| {
+            let seen = seen.clone();
+            let flaky_calls = flaky_calls.clone();
+            async move {
+                let get = |k: &str| h.get(k).and_then(|v| v.to_str().ok()).unwrap_or_default().to_owned();
+                let ts: i64 = get("webhook-timestamp").parse().unwrap_or(0);
+                let now = chrono::Utc::now().timestamp();
+                let ok = verify(
+                    secret,
+                    &get("webhook-id"),
+                    ts,
+                    body.as_bytes(),
+                    &get("webhook-signature"),
+                    now,
+                    300,
+                )
+                .is_ok();
+                seen.lock().unwrap().push(Hook {
+                    path: path.into(),
+                    id: get("webhook-id"),
+                    body,
+                    signature_valid: ok,
+                });
+                if !ok {
+                    return StatusCode::UNAUTHORIZED;
+                }
+                if path == "/flaky" && flaky_calls.fetch_add(1, Ordering::SeqCst) == 0 {
+                    return StatusCode::SERVICE_UNAVAILABLE;
+                }
+                StatusCode::NO_CONTENT
+            }
+        }
+    };
+    let app = axum::Router::new()
+        .route("/soc", post(handler("/soc", SOC_SECRET)))
+        .route("/flaky", post(handler("/flaky", FLAKY_SECRET)));
+    let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = l.local_addr().unwrap();
+    tokio::spawn(async move { axum::serve(l, app).await.unwrap() });
+    format!("http://{addr}")
+}
+
+fn start_smtp(maildir: &Path) -> (Proc, u16) {
+    let port = free_port();
+    let child = Command::new("python3")
+        .args(["-m", "aiosmtpd", "-n", "-l", &format!("127.0.0.1:{port}"), "-c", "aiosmtpd.handlers.Mailbox"])
+        .arg(maildir)
+        .stdout(Stdio::null())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .expect("python3 with aiosmtpd is needed (pip install aiosmtpd)");
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        assert!(Instant::now() < deadline, "aiosmtpd did not start (is it installed? pip install aiosmtpd)");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    (Proc(child), port)
+}
+
+/// Polls `f` until it returns `Some`, failing with `what` after `secs`.
+async fn wait_for<T, F, Fut>(what: &str, secs: u64, mut f: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Option<T>>,
+{
+    let deadline = Instant::now() + Duration::from_secs(secs);
+    loop {
+        if let Some(v) = f().await {
+            return v;
+        }
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+struct Api {
+    base: String,
+    http: reqwest::Client,
+}
+
+impl Api {
+    async fn call(
+        &self,
+        token: &str,
+        method: reqwest::Method,
+        path: &str,
+        body: Option<Value>,
+    ) -> (StatusCode, Value) {
+        let mut req = self.http.request(method, format!("{}{path}", self.base)).bearer_auth(token);
+        if let Some(b) = body {
+            req = req.json(&b);
+        }
+        let resp = req.send().await.unwrap();
+        let status = StatusCode::from_u16(resp.status().as_u16()).unwrap();
+        let text = resp.text().await.unwrap();
+        (status, serde_json::from_str(&text).unwrap_or(Value::String(text)))
+    }
+    async fn get(&self, token: &str, path: &str) -> Value {
+        let (s, v) = self.call(token, reqwest::Method::GET, path, None).await;
+        assert_eq!(s, StatusCode::OK, "GET {path}: {v}");
+        v
+    }
+    async fn post(&self, token: &str, path: &str, body: Value) -> (StatusCode, Value) {
+        self.call(token, reqwest::Method::POST, path, Some(body)).await
+    }
+}
+
+fn cli(config: &Path, args: &[&str]) -> String {
+    let out = Command::new(broadcast_bin())
+        .arg("--config")
+        .arg(config)
+        .args(args)
+        .env("RUST_LOG", "warn")
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "broadcast {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+    String::from_utf8(out.stdout).unwrap()
+}
+
+async fn whole_flow(store_url: &str) {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let dir = tempfile::tempdir().unwrap();
+    let maildir = dir.path().join("maildir");
+    let (_smtp, smtp_port) = start_smtp(&maildir);
+    let feed_url = start_feed_server().await;
+    let hooks: Arc<Mutex<Vec<Hook>>> = Arc::default();
+    let receiver = start_receiver(hooks.clone()).await;
+    let api_port = free_port();
+    let base = format!("http://127.0.0.1:{api_port}");
+
+    let seed = dir.path().join("seed.toml");
+    std::fs::write(
+        &seed,
+        format!("[[analysts]]\nname = \"admin\"\nrole = \"admin\"\ntoken = \"{ADMIN_TOKEN}\"\n"),
+    )
+    .unwrap();
+    let config = dir.path().join("broadcast.toml");
+    std::fs::write(
+        &config,
+        format!(
+            r#"
+seed_file = "{seed}"
+[store]
+url = "{store_url}"
+[api]
+listen = "127.0.0.1:{api_port}"
+public_url = "{base}"
+[security]
+link_secret = "e2e-link-secret-e2e-link-secret-0123456789"
+[bulletins]
+templates_dir = "{templates}"
+[email]
+from = "NHS Broadcast <bulletins@broadcast.test>"
+list_id = "bulletins.broadcast.test"
+transport = "smtp"
+[email.smtp]
+host = "127.0.0.1"
+port = {smtp_port}
+tls = "none"
+[delivery]
+poll_interval_ms = 200
+retry_delays_secs = [1, 1, 1]
+[[feeds]]
+type = "rss"
+id = "cisa-medical"
+url = "{feed_url}"
+schedule = "*/2 * * * * *"
+"#,
+            seed = seed.display(),
+            templates = repo().join("bulletin-templates").display(),
+        ),
+    )
+    .unwrap();
+
+    // Analysts are created by the operator with the CLI; tokens are printed once.
+    let alice = cli(&config, &["analyst", "add", "alice", "--role", "approver"]).trim().to_owned();
+    let bob = cli(&config, &["analyst", "add", "bob", "--role", "approver"]).trim().to_owned();
+
+    let server = Command::new(broadcast_bin())
+        .arg("--config")
+        .arg(&config)
+        .arg("run")
+        .env("RUST_LOG", "info,sqlx=warn")
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(dir.path().join("server.log")).unwrap())
+        .spawn()
+        .unwrap();
+    let _server = Proc(server);
+    let api = Api { base: base.clone(), http: reqwest::Client::new() };
+    wait_for("the API", 30, || async {
+        api.http.get(format!("{base}/healthz")).send().await.ok().filter(|r| r.status().is_success())
+    })
+    .await;
+
+    // Subscribers, through the API as an admin.
+    let (s, _) = api.post(&alice, "/api/organisations", json!({ "name": "Should Fail" })).await;
+    assert_eq!(s, StatusCode::FORBIDDEN, "an analyst cannot manage organisations");
+    let (s, trust) = api
+        .post(
+            ADMIN_TOKEN,
+            "/api/organisations",
+            json!({ "name": "Northshire Hospitals", "tlp_clearance": "AMBER" }),
+        )
+        .await;
+    assert_eq!(s, StatusCode::CREATED, "{trust}");
+    let (s, care) = api
+        .post(
+            ADMIN_TOKEN,
+            "/api/organisations",
+            json!({ "name": "Meadowbank Care", "tlp_clearance": "GREEN" }),
+        )
+        .await;
+    assert_eq!(s, StatusCode::CREATED, "{care}");
+    let trust_id = trust["id"].as_str().unwrap();
+    for (email, name) in [("soc@northshire.nhs.test", "SOC Team"), ("cio@northshire.nhs.test", "CIO")] {
+        let (s, v) = api
+            .post(
+                ADMIN_TOKEN,
+                &format!("/api/organisations/{trust_id}/contacts"),
+                json!({ "email": email, "name": name }),
+            )
+            .await;
+        assert_eq!(s, StatusCode::CREATED, "{v}");
+    }
+    api.post(
+        ADMIN_TOKEN,
+        "/api/organisations/Meadowbank Care/contacts",
+        json!({ "email": "it@meadowbank.test" }),
+    )
+    .await;
+    for (path, secret) in [("/soc", SOC_SECRET), ("/flaky", FLAKY_SECRET)] {
+        let (s, v) = api
+            .post(
+                ADMIN_TOKEN,
+                &format!("/api/organisations/{trust_id}/endpoints"),
+                json!({ "url": format!("{receiver}{path}"), "secret": secret }),
+            )
+            .await;
+        assert_eq!(s, StatusCode::CREATED, "{v}");
+    }
+    // Bad input is refused with a reason and stores nothing.
+    let (s, v) = api
+        .post(ADMIN_TOKEN, "/api/organisations/org_unknown/contacts", json!({ "email": "x@y.test" }))
+        .await;
+    assert_eq!(
+        (s, v["error"].as_str().unwrap()),
+        (StatusCode::NOT_FOUND, "organisation `org_unknown` not found")
+    );
+    let (s, v) = api
+        .post(
+            ADMIN_TOKEN,
+            &format!("/api/organisations/{trust_id}/endpoints"),
+            json!({ "url": "gopher://soc.test/" }),
+        )
+        .await;
+    assert_eq!(s, StatusCode::UNPROCESSABLE_ENTITY);
+    assert!(v["error"].as_str().unwrap().contains("gopher://soc.test/"), "{v}");
+
+    // The recorded feed is collected and triaged: candidates appear with reasons.
+    let candidates = wait_for("candidates", 30, || async {
+        let v = api.get(&alice, "/api/candidates").await;
+        let list = v["candidates"].as_array().cloned().unwrap_or_default();
+        (list.len() >= 10).then_some(list)
+    })
+    .await;
+    let top = &candidates[0];
+    assert_eq!(top["assessment"]["threat_level"], "High");
+    let reasons: Vec<&str> =
+        top["assessment"]["reasons"].as_array().unwrap().iter().map(|r| r.as_str().unwrap()).collect();
+    assert!(reasons.iter().any(|r| r.starts_with("matched watchlist")), "{reasons:?}");
+    assert!(reasons.iter().any(|r| r.starts_with("CVSS ")), "{reasons:?}");
+    let adv_id = top["advisory"]["id"].as_str().unwrap().to_owned();
+    let adv_title = top["advisory"]["title"].as_str().unwrap().to_owned();
+    let adv_cve = top["advisory"]["cves"][0].as_str().unwrap().to_owned();
+
+    // Fetching the same feed again (every 2 s here) stores nothing twice: wait for a later
+    // successful run, then check nothing was added.
+    let first = api.get(&alice, "/api/feeds").await["feeds"][0]["state"]["last_success"].clone();
+    let feeds = wait_for("a second run of the feed", 30, || async {
+        let v = api.get(&alice, "/api/feeds").await;
+        (v["feeds"][0]["state"]["last_success"] != first).then_some(v)
+    })
+    .await;
+    let state = &feeds["feeds"][0]["state"];
+    assert_eq!(state["items_seen"], 18, "{feeds}");
+    assert_eq!(state["consecutive_failures"], 0);
+    assert_eq!(api.get(&alice, "/api/candidates?all=true").await["candidates"].as_array().unwrap().len(), 18);
+
+    // Draft (AMBER), submit, the author cannot approve, a second analyst does, publish.
+    let (s, b) =
+        api.post(&alice, "/api/bulletins", json!({ "advisory_ids": [adv_id], "tlp": "AMBER" })).await;
+    assert_eq!(s, StatusCode::CREATED, "{b}");
+    let reference = b["reference"].as_str().unwrap().to_owned();
+    let (s, preview) =
+        api.call(&alice, reqwest::Method::GET, &format!("/api/bulletins/{reference}/preview"), None).await;
+    assert_eq!(s, StatusCode::OK);
+    assert_eq!(preview["webhook"]["data"]["reference"], reference);
+    let (s, v) = api.post(&alice, &format!("/api/bulletins/{reference}/submit"), json!({})).await;
+    assert_eq!(s, StatusCode::OK, "{v}");
+    let (s, v) = api.post(&alice, &format!("/api/bulletins/{reference}/approve"), json!({})).await;
+    assert_eq!(s, StatusCode::FORBIDDEN, "{v}");
+    assert!(v["error"].as_str().unwrap().contains("four-eyes rule"), "{v}");
+    let (s, v) = api.post(&alice, &format!("/api/bulletins/{reference}/publish"), json!({})).await;
+    assert_eq!(s, StatusCode::CONFLICT, "cannot publish before approval: {v}");
+    let (s, v) =
+        api.post(&bob, &format!("/api/bulletins/{reference}/approve"), json!({ "comment": "Checked" })).await;
+    assert_eq!((s, v["bulletin"]["state"].as_str()), (StatusCode::OK, Some("approved")), "{v}");
+    let (s, v) = api.post(&alice, &format!("/api/bulletins/{reference}/publish"), json!({})).await;
+    assert_eq!(s, StatusCode::OK, "{v}");
+    assert_eq!(v["deliveries_created"], 5, "2 trust contacts + 2 endpoints + 1 care-home contact: {v}");
+
+    // Everything reaches a terminal state: delivered, or suppressed for the uncleared org.
+    let status = wait_for("deliveries to finish", 60, || async {
+        let v = api.get(&alice, &format!("/api/bulletins/{reference}/deliveries")).await;
+        (v["counts"]["pending"] == 0).then_some(v)
+    })
+    .await;
+    assert_eq!(status["counts"]["delivered"], 4, "{status}");
+    assert_eq!(status["counts"]["suppressed"], 1, "{status}");
+    let rows = status["deliveries"].as_array().unwrap();
+    let suppressed = rows.iter().find(|d| d["state"] == "suppressed").unwrap();
+    assert_eq!(suppressed["address"], "it@meadowbank.test");
+    assert_eq!(suppressed["reason"], "organisation not cleared for TLP:AMBER");
+    let flaky = rows.iter().find(|d| d["address"].as_str().unwrap().ends_with("/flaky")).unwrap();
+    assert_eq!(
+        (flaky["state"].as_str(), flaky["attempts"].as_i64()),
+        (Some("delivered"), Some(2)),
+        "{flaky}"
+    );
+    let flaky_id = flaky["id"].as_str().unwrap();
+    let attempts = api.get(&alice, &format!("/api/deliveries/{flaky_id}/attempts")).await;
+    let outcomes: Vec<&str> =
+        attempts["attempts"].as_array().unwrap().iter().map(|a| a["outcome"].as_str().unwrap()).collect();
+    assert_eq!(outcomes, vec!["retry", "delivered"], "{attempts}");
+    assert!(attempts["attempts"][0]["detail"].as_str().unwrap().starts_with("HTTP 503"), "{attempts}");
+
+    // The stored states, read by another process through the CLI.
+    let stored: Value = serde_json::from_str(&cli(&config, &["deliveries", &reference, "--json"])).unwrap();
+    assert_eq!(stored["counts"], status["counts"]);
+
+    // Webhooks: signed, one body per endpoint, the same webhook-id on the retry.
+    let hooks = hooks.lock().unwrap().clone();
+    assert!(hooks.iter().all(|h| h.signature_valid), "{hooks:?}");
+    assert_eq!(hooks.iter().filter(|h| h.path == "/soc").count(), 1);
+    let flaky_hooks: Vec<&Hook> = hooks.iter().filter(|h| h.path == "/flaky").collect();
+    assert_eq!(flaky_hooks.len(), 2);
+    assert_eq!(flaky_hooks[0].id, flaky_id);
+    assert_eq!(flaky_hooks[1].id, flaky_id, "retries keep the webhook-id");
+    assert_eq!(flaky_hooks[0].body, flaky_hooks[1].body, "retries send the same body");
+    let soc = hooks.iter().find(|h| h.path == "/soc").unwrap();
+    let body: Value = serde_json::from_str(&soc.body).unwrap();
+    assert_eq!(body["type"], "bulletin.published");
+    assert_eq!(body["schema_version"], 1);
+    assert_eq!(body["data"]["reference"], reference);
+    assert_eq!(body["data"]["title"], adv_title);
+    assert_eq!(body["data"]["tlp"], "AMBER");
+    assert_eq!(body["data"]["threat_level"], "High");
+    assert!(body["data"]["cves"].as_array().unwrap().iter().any(|c| c == adv_cve.as_str()));
+    assert_eq!(body["data"]["url"], format!("{base}/bulletins/{reference}"));
+
+    // Emails, as the SMTP server received them.
+    let files: Vec<PathBuf> =
+        std::fs::read_dir(maildir.join("new")).unwrap().map(|e| e.unwrap().path()).collect();
+    assert_eq!(files.len(), 2, "two trust contacts; the care home was not cleared");
+    let mut unsubscribe_link = None;
+    for f in files {
+        let raw = std::fs::read(&f).unwrap();
+        let msg = mail_parser::MessageParser::default().parse(&raw).unwrap();
+        let to = msg.to().unwrap().first().unwrap().address().unwrap().to_owned();
+        let row = rows
+            .iter()
+            .find(|d| d["address"] == to.as_str())
+            .unwrap_or_else(|| panic!("no delivery for {to}"));
+        assert_eq!(row["state"], "delivered");
+        assert_eq!(msg.from().unwrap().first().unwrap().address(), Some("bulletins@broadcast.test"));
+        let subject = msg.subject().unwrap();
+        assert_eq!(subject, format!("[High] {reference}: {adv_title} (TLP:AMBER)"));
+        assert_eq!(
+            msg.message_id(),
+            Some(format!("{}@broadcast.test", row["id"].as_str().unwrap()).as_str())
+        );
+        let header =
+            |name: &str| msg.header_raw(name).unwrap_or_else(|| panic!("{name} missing")).trim().to_owned();
+        assert_eq!(header("List-Id"), "<bulletins.broadcast.test>");
+        assert_eq!(header("List-Unsubscribe-Post"), "List-Unsubscribe=One-Click");
+        let unsub = header("List-Unsubscribe");
+        assert!(unsub.starts_with(&format!("<{base}/unsubscribe?token=con_")), "{unsub}");
+        let text = msg.body_text(0).unwrap();
+        assert!(text.contains(&adv_title) && text.contains(&adv_cve), "{text}");
+        assert!(text.contains("TLP:AMBER"), "{text}");
+        let html = msg.body_html(0).unwrap();
+        assert!(html.contains("<h1") && html.contains("TLP:AMBER"), "{html}");
+        assert!(html.contains(&adv_cve), "{html}");
+        if to == "cio@northshire.nhs.test" {
+            unsubscribe_link = Some(unsub.trim_matches(['<', '>']).to_owned());
+        }
+    }
+
+    // RFC 8058 one-click unsubscribe with the link from the email.
+    let link = unsubscribe_link.unwrap();
+    let resp = reqwest::Client::new()
+        .post(&link)
+        .header("content-type", "application/x-www-form-urlencoded")
+        .body("List-Unsubscribe=One-Click")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status().as_u16(), 200);
+    let org = api.get(ADMIN_TOKEN, &format!("/api/organisations/{trust_id}")).await;
+    let cio =
+        org["contacts"].as_array().unwrap().iter().find(|c| c["email"] == "cio@northshire.nhs.test").unwrap();
+    assert_eq!(cio["unsubscribed"], true);
+    let forged = link.replace("token=con_", "token=con_x");
+    let resp = reqwest::Client::new().post(&forged).body("List-Unsubscribe=One-Click").send().await.unwrap();
+    assert_eq!(resp.status().as_u16(), 400);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn whole_flow_on_sqlite() {
+    let dir = tempfile::tempdir().unwrap();
+    whole_flow(&format!("sqlite://{}", dir.path().join("broadcast.db").display())).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn whole_flow_on_postgres() {
+    let admin_url = std::env::var("BROADCAST_TEST_POSTGRES_URL")
+        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".into());
+    let name = format!(
+        "bc_e2e_{}_{}",
+        std::process::id(),
+        std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_millis()
+    );
+    let admin = sqlx::PgPool::connect(&admin_url)
+        .await
+        .unwrap_or_else(|e| panic!("PostgreSQL at {admin_url} is needed for this test: {e}"));
+    sqlx::query(sqlx::AssertSqlSafe(format!("CREATE DATABASE {name}"))).execute(&admin).await.unwrap();
+    let base = admin_url.rsplit_once('/').map(|(b, _)| b).unwrap().to_owned();
+    whole_flow(&format!("{base}/{name}")).await;
+    sqlx::query(sqlx::AssertSqlSafe(format!("DROP DATABASE {name} WITH (FORCE)")))
+        .execute(&admin)
+        .await
+        .unwrap();
+}
