@@ -38,6 +38,7 @@ pub struct Validators {
 
 /// What one run of a feed produced.
 #[derive(Debug)]
+#[allow(clippy::large_enum_variant)] // one value per feed run; boxing buys nothing
 pub enum FetchOutcome {
     /// The source answered 304 (or the file is unchanged): nothing new.
     NotModified,

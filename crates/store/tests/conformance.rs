@@ -204,7 +204,7 @@ async fn bulletin_lifecycle_and_four_eyes(s: Store) {
     let b = s
         .create_bulletin(
             &content("Widget RCE", Tlp::Clear, ThreatLevel::High),
-            &[adv.id.clone()],
+            std::slice::from_ref(&adv.id),
             &alice.id,
             "HCB",
             t0(),

@@ -14,7 +14,7 @@
 //! let rules = Rules::new(&Watchlist { vendors: vec!["Philips".into()], ..Default::default() }).unwrap();
 //! # let mut c = AdvisoryContent::new("f", "1", "Philips IntelliVue flaw");
 //! # c.cvss = Some(Cvss { vector: None, score: 9.1 });
-//! # let adv = Advisory { id: AdvisoryId::from_suffix("a"), revision: 1, first_seen: chrono::Utc::now(), last_changed: chrono::Utc::now(), content: c };
+//! # let adv = Advisory { id: AdvisoryId::from_suffix("a"), revision: 1, first_seen: chrono::DateTime::UNIX_EPOCH, last_changed: chrono::DateTime::UNIX_EPOCH, content: c };
 //! let verdict = assess(&adv, &rules);
 //! assert!(verdict.relevant);
 //! assert_eq!(verdict.threat_level, ThreatLevel::High);
