@@ -82,6 +82,7 @@ async fn failures_name_the_url_and_the_cause() {
 
 #[tokio::test]
 async fn file_sources_skip_unchanged_files() {
+    let _ = rustls::crypto::ring::default_provider().install_default();
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("feed.xml");
     std::fs::write(&path, ALAS).unwrap();

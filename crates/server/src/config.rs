@@ -102,6 +102,16 @@ pub struct TriageSettings {
     pub watchlist: Watchlist,
 }
 
+/// The environment variables that are configuration: `BROADCAST_<SECTION>__<KEY>` and
+/// `BROADCAST_SEED_FILE`. Other `BROADCAST_*` variables (`BROADCAST_CONFIG`, which names the
+/// file, or a test harness's own) are not keys and must not be refused as unknown ones.
+fn config_env(vars: impl Iterator<Item = (String, String)>) -> config::Map<String, String> {
+    vars.filter(|(k, _)| {
+        k.strip_prefix("BROADCAST_").is_some_and(|rest| rest.contains("__") || rest == "SEED_FILE")
+    })
+    .collect()
+}
+
 impl Settings {
     /// Loads the layered configuration. `file` is the operator's file, if any.
     pub fn load(file: Option<&Path>) -> Result<Settings> {
@@ -118,7 +128,8 @@ impl Settings {
             config::Environment::with_prefix("BROADCAST")
                 .prefix_separator("_")
                 .separator("__")
-                .try_parsing(true),
+                .try_parsing(true)
+                .source(Some(config_env(std::env::vars()))),
         );
         let raw = builder.build().map_err(|e| anyhow::anyhow!("configuration: {e}"))?;
         let mut s: Settings = raw.try_deserialize().map_err(|e| anyhow::anyhow!("configuration: {e}"))?;
@@ -219,5 +230,36 @@ impl Settings {
             bail!("seed_file: {} does not exist", self.path(seed).display());
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_sectioned_variables_are_configuration() {
+        let vars = [
+            ("BROADCAST_STORE__URL", "postgres://db/b"),
+            ("BROADCAST_CONFIG", "/etc/broadcast.toml"),
+            ("BROADCAST_TEST_POSTGRES_URL", "postgres://x"),
+            ("BROADCAST_SEED_FILE", "seed.toml"),
+            ("HOME", "/root"),
+        ]
+        .map(|(k, v)| (k.to_owned(), v.to_owned()));
+        let got = config_env(vars.into_iter());
+        let mut keys: Vec<&String> = got.keys().collect();
+        keys.sort();
+        assert_eq!(keys, ["BROADCAST_SEED_FILE", "BROADCAST_STORE__URL"]);
+    }
+
+    #[test]
+    fn the_embedded_defaults_load_and_name_what_is_missing() {
+        let s = Settings::load(None).unwrap();
+        assert_eq!(s.store.url, "sqlite://broadcast.db");
+        assert!(s.feeds.iter().any(|f| f.id() == "cisa-ics-medical"));
+        // Shipped without a link secret on purpose: the operator must set one.
+        let err = s.validate().unwrap_err().to_string();
+        assert!(err.starts_with("security.link_secret"), "{err}");
     }
 }

@@ -114,6 +114,16 @@ fn bad_configuration_is_refused_naming_the_key() {
         .unwrap();
     assert!(String::from_utf8_lossy(&missing.stderr).contains("/nonexistent/broadcast.toml does not exist"));
 
+    // The config file can be named by BROADCAST_CONFIG; other BROADCAST_* variables that are
+    // not configuration keys are not mistaken for unknown keys.
+    let by_env = Command::new(env!("CARGO_BIN_EXE_broadcast"))
+        .arg("check-config")
+        .env("BROADCAST_CONFIG", &e.config)
+        .env("BROADCAST_SOMETHING_ELSE", "1")
+        .output()
+        .unwrap();
+    assert!(String::from_utf8_lossy(&by_env.stdout).contains("(2 feeds)"), "{by_env:?}");
+
     // Environment variables override the file and are checked the same way.
     let out = Command::new(env!("CARGO_BIN_EXE_broadcast"))
         .args(["--config", e.config.to_str().unwrap(), "check-config"])
