@@ -203,13 +203,9 @@ impl Runner {
 
 /// reqwest's top-level message hides the cause ("error sending request"); include it.
 fn describe(e: &reqwest::Error) -> String {
-    use std::error::Error;
-    let mut s = if e.is_timeout() { "timed out".to_owned() } else { e.to_string() };
-    let mut src = e.source();
-    while let Some(inner) = src {
-        s.push_str(": ");
-        s.push_str(&inner.to_string());
-        src = inner.source();
+    if e.is_timeout() {
+        format!("timed out: {}", broadcast_core::error_chain(e))
+    } else {
+        broadcast_core::error_chain(e)
     }
-    s
 }

@@ -23,3 +23,19 @@ pub use delivery::{ChannelKind, Delivery, DeliveryState};
 pub use ids::{AdvisoryId, AnalystId, BulletinId, ContactId, DeliveryId, EndpointId, IdError, OrgId};
 pub use subscriber::{Analyst, Contact, Endpoint, Organisation, Role, validate_email};
 pub use tlp::{Tlp, TlpError};
+
+/// Formats an error with its chain of causes ("connect failed: connection refused"). Many
+/// libraries put the useful part in a source error and a vague message on top.
+pub fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut s = e.to_string();
+    let mut src = e.source();
+    while let Some(inner) = src {
+        let msg = inner.to_string();
+        if !s.ends_with(&msg) {
+            s.push_str(": ");
+            s.push_str(&msg);
+        }
+        src = inner.source();
+    }
+    s
+}

@@ -253,7 +253,7 @@ impl Channel for EmailChannel {
                     ),
                 }),
                 Err(e) if e.is_permanent() => Err(DeliveryError::Permanent(excerpt(&e.to_string(), 500))),
-                Err(e) => Err(DeliveryError::Transient(excerpt(&smtp_error(&e), 500))),
+                Err(e) => Err(DeliveryError::Transient(excerpt(&broadcast_core::error_chain(&e), 500))),
             },
             Transport::File(t) => match t.send(msg).await {
                 Ok(id) => Ok(Receipt { detail: format!("written as {id}.eml") }),
@@ -261,16 +261,4 @@ impl Channel for EmailChannel {
             },
         }
     }
-}
-
-fn smtp_error(e: &lettre::transport::smtp::Error) -> String {
-    use std::error::Error;
-    let mut s = e.to_string();
-    let mut src = e.source();
-    while let Some(inner) = src {
-        s.push_str(": ");
-        s.push_str(&inner.to_string());
-        src = inner.source();
-    }
-    s
 }

@@ -68,15 +68,9 @@ impl Renderer {
     }
 
     fn render(&self, name: &str, ctx: &EmailContext) -> Result<String, RenderError> {
-        let err = |e: minijinja::Error| {
-            let mut message = e.to_string();
-            let mut src = std::error::Error::source(&e);
-            while let Some(s) = src {
-                message.push_str(": ");
-                message.push_str(&s.to_string());
-                src = s.source();
-            }
-            RenderError { template: self.dir.join(name).display().to_string(), message }
+        let err = |e: minijinja::Error| RenderError {
+            template: self.dir.join(name).display().to_string(),
+            message: broadcast_core::error_chain(&e),
         };
         let tmpl = self.env.get_template(name).map_err(err)?;
         tmpl.render(minijinja::value::Serde(ctx)).map_err(err)

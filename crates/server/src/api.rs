@@ -17,7 +17,6 @@ use broadcast_core::{
     Action, AdvisoryId, Analyst, BulletinContent, BulletinState, ContactId, DeliveryId, ThreatLevel, Tlp,
     TransitionError,
 };
-use broadcast_distribute::render::EmailContext;
 use broadcast_store::{CandidateFilter, StoreError};
 use chrono::Utc;
 use serde::Deserialize;
@@ -195,30 +194,14 @@ async fn create_bulletin(
     JsonBody(req): JsonBody<NewBulletin>,
 ) -> ApiResult<(StatusCode, Json<Value>)> {
     let ids: Vec<AdvisoryId> = req.advisory_ids.iter().map(|s| parse(s)).collect::<ApiResult<_>>()?;
-    let mut items = Vec::new();
-    for id in &ids {
-        items.push((app.store.get_advisory(id).await?, app.store.latest_assessment(id).await?));
-    }
-    let mut content = broadcast_triage::draft_bulletin(&items);
-    if let Some(t) = req.title {
-        content.title = t;
-    }
-    if let Some(l) = req.threat_level {
-        content.threat_level = parse::<ThreatLevel>(&l)?;
-    }
-    if let Some(t) = req.tlp {
-        content.tlp = parse::<Tlp>(&t)?;
-    }
-    if let Some(s) = req.summary {
-        content.summary = s;
-    }
-    if let Some(r) = req.remediation {
-        content.remediation = r;
-    }
-    let b = app
-        .store
-        .create_bulletin(&content, &ids, &a.id, &app.settings.bulletins.reference_prefix, Utc::now())
-        .await?;
+    let overrides = crate::app::DraftOverrides {
+        title: req.title,
+        threat_level: req.threat_level.as_deref().map(parse::<ThreatLevel>).transpose()?,
+        tlp: req.tlp.as_deref().map(parse::<Tlp>).transpose()?,
+        summary: req.summary,
+        remediation: req.remediation,
+    };
+    let b = app.draft_bulletin(&a.id, &ids, overrides).await?;
     tracing::info!(bulletin.id = %b.id, bulletin.reference = %b.reference, analyst = %a.name, "bulletin drafted");
     Ok((StatusCode::CREATED, Json(json!(b))))
 }
@@ -286,21 +269,11 @@ async fn edit_bulletin(
 /// What the email (HTML and text) and the webhook body will look like.
 async fn preview(State(app): State<App>, _: Authed, Path(key): Path<String>) -> ApiResult<Json<Value>> {
     let b = app.store.get_bulletin(&key).await?;
-    let url = app.bulletin_url(&b.reference);
-    let ctx = EmailContext {
-        bulletin: b.clone(),
-        organisation: "Example Organisation".into(),
-        recipient_name: "Recipient".into(),
-        unsubscribe_url: format!(
-            "{}/unsubscribe?token=preview",
-            app.settings.api.public_url.trim_end_matches('/')
-        ),
-        bulletin_url: url.clone(),
-        body_allowed: b.content.tlp.allowed_in_email_body(),
-    };
+    let ctx = app.preview_context(&b);
     let email = app.renderer.render_email("bulletin", &ctx).map_err(|e| ApiError::Internal(e.into()))?;
-    let webhook: Value = serde_json::from_str(&broadcast_distribute::payload::bulletin_published(&b, &url))
-        .map_err(|e| ApiError::Internal(e.into()))?;
+    let webhook: Value =
+        serde_json::from_str(&broadcast_distribute::payload::bulletin_published(&b, &ctx.bulletin_url))
+            .map_err(|e| ApiError::Internal(e.into()))?;
     Ok(Json(json!({ "email": email, "webhook": webhook })))
 }
 

@@ -4,10 +4,12 @@
 
 use crate::config::Settings;
 use anyhow::{Context, Result};
+use broadcast_core::{AdvisoryId, AnalystId, Bulletin, ThreatLevel, Tlp};
 use broadcast_distribute::email::{EmailChannel, EmailSettings};
+use broadcast_distribute::render::EmailContext;
 use broadcast_distribute::render::Renderer;
 use broadcast_distribute::webhook::WebhookChannel;
-use broadcast_store::Store;
+use broadcast_store::{Store, StoreError};
 use broadcast_triage::Rules;
 use std::sync::Arc;
 use tokio::sync::Notify;
@@ -66,6 +68,62 @@ impl App {
             self.settings.api.public_url.trim_end_matches('/'),
             crate::auth::unsubscribe_token(&self.settings.security.link_secret, contact_id)
         )
+    }
+}
+
+/// What an analyst may set when drafting, over what triage proposes.
+#[derive(Debug, Default)]
+pub struct DraftOverrides {
+    pub title: Option<String>,
+    pub threat_level: Option<ThreatLevel>,
+    pub tlp: Option<Tlp>,
+    pub summary: Option<String>,
+    pub remediation: Option<String>,
+}
+
+impl App {
+    /// Drafts a bulletin from advisories (triage proposes the content) with the analyst's
+    /// overrides, under the next human reference.
+    pub async fn draft_bulletin(
+        &self,
+        author: &AnalystId,
+        ids: &[AdvisoryId],
+        o: DraftOverrides,
+    ) -> Result<Bulletin, StoreError> {
+        let mut items = Vec::new();
+        for id in ids {
+            items.push((self.store.get_advisory(id).await?, self.store.latest_assessment(id).await?));
+        }
+        let mut content = broadcast_triage::draft_bulletin(&items);
+        content.title = o.title.unwrap_or(content.title);
+        content.threat_level = o.threat_level.unwrap_or(content.threat_level);
+        content.tlp = o.tlp.unwrap_or(content.tlp);
+        content.summary = o.summary.unwrap_or(content.summary);
+        content.remediation = o.remediation.unwrap_or(content.remediation);
+        self.store
+            .create_bulletin(
+                &content,
+                ids,
+                author,
+                &self.settings.bulletins.reference_prefix,
+                chrono::Utc::now(),
+            )
+            .await
+    }
+
+    /// The context a preview renders with: a sample recipient, the real links.
+    pub fn preview_context(&self, b: &Bulletin) -> EmailContext {
+        EmailContext {
+            bulletin: b.clone(),
+            organisation: "Example Organisation".into(),
+            recipient_name: "Recipient".into(),
+            unsubscribe_url: format!(
+                "{}/unsubscribe?token=preview",
+                self.settings.api.public_url.trim_end_matches('/')
+            ),
+            bulletin_url: self.bulletin_url(&b.reference),
+            body_allowed: b.content.tlp.allowed_in_email_body(),
+        }
     }
 }
 

@@ -414,24 +414,13 @@ async fn bulletin(app: &App, cmd: BulletinCmd) -> Result<()> {
         BulletinCmd::Draft { advisories, actor, title, tlp, level } => {
             let author = app.store.analyst_by_name(actor).await?;
             let ids: Vec<AdvisoryId> = advisories.iter().map(|s| s.parse()).collect::<Result<_, _>>()?;
-            let mut items = Vec::new();
-            for id in &ids {
-                items.push((app.store.get_advisory(id).await?, app.store.latest_assessment(id).await?));
-            }
-            let mut content = broadcast_triage::draft_bulletin(&items);
-            if let Some(t) = title {
-                content.title = t.clone();
-            }
-            if let Some(t) = tlp {
-                content.tlp = t.parse()?;
-            }
-            if let Some(l) = level {
-                content.threat_level = l.parse()?;
-            }
-            let b = app
-                .store
-                .create_bulletin(&content, &ids, &author.id, &app.settings.bulletins.reference_prefix, now)
-                .await?;
+            let overrides = crate::app::DraftOverrides {
+                title: title.clone(),
+                tlp: tlp.as_deref().map(str::parse).transpose()?,
+                threat_level: level.as_deref().map(str::parse).transpose()?,
+                ..Default::default()
+            };
+            let b = app.draft_bulletin(&author.id, &ids, overrides).await?;
             println!("{} {}", b.reference, b.id);
             return Ok(());
         }
@@ -454,14 +443,7 @@ async fn bulletin(app: &App, cmd: BulletinCmd) -> Result<()> {
         }
         BulletinCmd::Preview { bulletin } => {
             let b = app.store.get_bulletin(bulletin).await?;
-            let ctx = broadcast_distribute::render::EmailContext {
-                bulletin: b.clone(),
-                organisation: "Example Organisation".into(),
-                recipient_name: "Recipient".into(),
-                unsubscribe_url: app.unsubscribe_url("con_preview"),
-                bulletin_url: app.bulletin_url(&b.reference),
-                body_allowed: b.content.tlp.allowed_in_email_body(),
-            };
+            let ctx = app.preview_context(&b);
             let e = app.renderer.render_email("bulletin", &ctx)?;
             println!("Subject: {}\n\n{}", e.subject, e.text);
             return Ok(());

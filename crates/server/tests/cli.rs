@@ -18,7 +18,9 @@ impl Env {
     fn new(extra: &str) -> Env {
         let dir = tempfile::tempdir().unwrap();
         let config = dir.path().join("broadcast.toml");
-        let feed = repo().join("tests/fixtures/medical-advisories.xml");
+        // A copy, so a test can edit the feed between runs.
+        let feed = dir.path().join("medical.xml");
+        std::fs::copy(repo().join("tests/fixtures/medical-advisories.xml"), &feed).unwrap();
         let broken = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/broken-feed.xml");
         std::fs::write(
             &config,
@@ -183,6 +185,22 @@ fn collect_draft_and_four_eyes_from_the_command_line() {
     // The same feed again stores nothing twice (and an unchanged file is not even re-read).
     let again = e.ok(&["collect", "--once", "medical"]);
     assert!(again.contains("0 new, 0 revised") && again.contains("not modified"), "{again}");
+
+    // The source edits one item: it becomes revision 2 of the same advisory, not a new one.
+    let feed = e.dir.path().join("medical.xml");
+    let text = std::fs::read_to_string(&feed).unwrap();
+    let edited = text.replacen("Highest CVSS v3 score", "Highest CVSS v3 score (revised)", 1);
+    std::fs::write(&feed, edited).unwrap();
+    let third = e.ok(&["collect", "--once", "medical"]);
+    assert!(third.contains("medical: 0 new, 1 revised, 17 unchanged, 0 refused; 1 assessed"), "{third}");
+    let all: serde_json::Value = serde_json::from_str(&e.ok(&["candidates", "--all", "--json"])).unwrap();
+    let list = all["candidates"].as_array().unwrap();
+    assert_eq!(list.len(), 18);
+    let revised = list.iter().find(|c| c["advisory"]["revision"] == 2).expect("one advisory at revision 2");
+    let shown: serde_json::Value =
+        serde_json::from_str(&e.ok(&["advisory", revised["advisory"]["id"].as_str().unwrap()])).unwrap();
+    assert_eq!(shown["revisions"].as_array().unwrap().len(), 2);
+    assert_eq!(shown["assessment"]["advisory_revision"], 2, "the new revision was triaged again");
 
     let cands: serde_json::Value = serde_json::from_str(&e.ok(&["candidates", "--json"])).unwrap();
     let list = cands["candidates"].as_array().unwrap();
