@@ -14,11 +14,40 @@ pub struct Cvss {
     pub score: f64,
 }
 
-/// An affected vendor/product pair as named by the source.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+/// An affected product as the source names and identifies it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, Default)]
 pub struct Affected {
     pub vendor: String,
     pub product: String,
+    /// Version or version range as given (`<12.2.8.410`, `all versions`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub version: Option<String>,
+    /// CPE 2.3 name, when the source gives one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cpe: Option<String>,
+    /// Package URL, when the source gives one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub purl: Option<String>,
+    /// Model numbers and SKUs the source lists.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub models: Vec<String>,
+}
+
+impl Affected {
+    pub fn named(vendor: impl Into<String>, product: impl Into<String>) -> Affected {
+        Affected { vendor: vendor.into(), product: product.into(), ..Affected::default() }
+    }
+}
+
+/// A CISA Known Exploited Vulnerabilities listing.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct KevListing {
+    pub date_added: chrono::NaiveDate,
+    #[serde(default)]
+    pub due_date: Option<chrono::NaiveDate>,
+    /// "Known" use in ransomware campaigns.
+    #[serde(default)]
+    pub ransomware: bool,
 }
 
 /// The content of one advisory as a feed reports it. Feeds produce these; the store keys
@@ -39,6 +68,18 @@ pub struct AdvisoryContent {
     pub cvss: Option<Cvss>,
     pub affected: Vec<Affected>,
     pub tlp: Tlp,
+    /// Every CVSS vector the source gives (v3.x and v4.0), for triage to parse and score.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub cvss_vectors: Vec<String>,
+    /// Critical-infrastructure sectors the source says are affected (CISA's note).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub sectors: Vec<String>,
+    /// Listed in CISA's KEV catalog.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub kev: Option<KevListing>,
+    /// The source reports exploitation in the wild.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub exploited: bool,
 }
 
 impl AdvisoryContent {
@@ -56,6 +97,10 @@ impl AdvisoryContent {
             cvss: None,
             affected: Vec::new(),
             tlp: Tlp::Clear,
+            cvss_vectors: Vec::new(),
+            sectors: Vec::new(),
+            kev: None,
+            exploited: false,
         }
     }
 

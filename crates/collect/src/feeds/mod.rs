@@ -1,1 +1,2 @@
+pub mod csaf;
 pub mod rss;
