@@ -241,6 +241,9 @@ public_url = "{base}"
 link_secret = "e2e-link-secret-e2e-link-secret-0123456789"
 [bulletins]
 templates_dir = "{templates}"
+[triage]
+watchlist_file = "{watchlist}"
+old_after_days = 3650
 [email]
 from = "NHS Broadcast <bulletins@broadcast.test>"
 list_id = "bulletins.broadcast.test"
@@ -260,6 +263,7 @@ schedule = "*/2 * * * * *"
 "#,
             seed = seed.display(),
             templates = repo().join("bulletin-templates").display(),
+            watchlist = repo().join("config/watchlist.toml").display(),
         ),
     )
     .unwrap();
@@ -359,7 +363,10 @@ schedule = "*/2 * * * * *"
     assert_eq!(top["assessment"]["threat_level"], "High");
     let reasons: Vec<&str> =
         top["assessment"]["reasons"].as_array().unwrap().iter().map(|r| r.as_str().unwrap()).collect();
-    assert!(reasons.iter().any(|r| r.starts_with("matched watchlist")), "{reasons:?}");
+    assert!(
+        reasons.iter().any(|r| r.starts_with("probable product match") || r.starts_with("keyword:")),
+        "{reasons:?}"
+    );
     assert!(reasons.iter().any(|r| r.starts_with("CVSS ")), "{reasons:?}");
     let adv_id = top["advisory"]["id"].as_str().unwrap().to_owned();
     let adv_title = top["advisory"]["title"].as_str().unwrap().to_owned();

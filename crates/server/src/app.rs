@@ -32,7 +32,7 @@ impl App {
             Store::connect(&url).await.with_context(|| format!("cannot open store {}", redact(&url)))?;
         store.migrate().await.context("cannot migrate the store")?;
         let renderer = Renderer::from_dir(settings.path(&settings.bulletins.templates_dir))?;
-        let rules = Rules::new(&settings.triage.watchlist)?;
+        let rules = settings.triage_rules()?;
         Ok(App {
             settings: Arc::new(settings),
             store,

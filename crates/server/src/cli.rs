@@ -67,11 +67,48 @@ pub enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Measure triage against labelled documents.
+    #[command(subcommand)]
+    Triage(TriageCmd),
+    /// Benchmarks that print numbers (see docs/PERFORMANCE.md).
+    #[command(subcommand)]
+    Bench(BenchCmd),
     /// Collect feeds now, outside their schedule.
     Collect {
         /// Run this feed once (by id).
         #[arg(long)]
         once: String,
+    },
+}
+
+#[derive(Subcommand)]
+pub enum TriageCmd {
+    /// Precision, recall, F1 and the confusion matrix over a labels CSV of CSAF documents
+    /// (columns `file` and `label`, paths relative to the CSV), listing misses with reasons.
+    Eval {
+        #[arg(long)]
+        labels: PathBuf,
+        /// Exit non-zero if recall is below this.
+        #[arg(long)]
+        require_recall: Option<f64>,
+        /// Exit non-zero if precision is below this.
+        #[arg(long)]
+        require_precision: Option<f64>,
+    },
+}
+
+#[derive(Subcommand)]
+pub enum BenchCmd {
+    /// Triage throughput on synthetic data, one thread.
+    Triage {
+        #[arg(long, default_value_t = 100_000)]
+        advisories: usize,
+        #[arg(long, default_value_t = 10_000)]
+        watchlist: usize,
+        /// A folder of CSAF documents to use as advisories (e.g. ../shared/corpus/csaf/cisa);
+        /// the configured watchlist is then padded with synthetic names.
+        #[arg(long)]
+        corpus: Option<PathBuf>,
     },
 }
 
@@ -207,11 +244,32 @@ async fn execute(cli: Cli) -> Result<()> {
         println!("configuration is valid ({} feeds)", settings.feeds.len());
         return Ok(());
     }
+    match &cli.command {
+        Command::Bench(BenchCmd::Triage { advisories, watchlist, corpus }) => {
+            let base = match corpus {
+                Some(_) => Some(settings.watchlist()?),
+                None => None,
+            };
+            return crate::triage_tools::bench(*advisories, *watchlist, corpus.as_deref(), base.as_ref());
+        }
+        Command::Triage(TriageCmd::Eval { labels, require_recall, require_precision }) => {
+            let rules = settings.triage_rules()?;
+            let (c, rows) = crate::triage_tools::evaluate(labels, &rules)?;
+            crate::triage_tools::print_report(labels, &c, &rows);
+            if require_recall.is_some_and(|r| c.recall() < r)
+                || require_precision.is_some_and(|p| c.precision() < p)
+            {
+                bail!("below the required recall/precision");
+            }
+            return Ok(());
+        }
+        _ => {}
+    }
     settings.validate()?;
     let app = App::open(settings).await?;
     let now = Utc::now();
     match cli.command {
-        Command::CheckConfig => unreachable!("handled above"),
+        Command::CheckConfig | Command::Bench(_) | Command::Triage(_) => unreachable!("handled above"),
         Command::Run => run(app.clone()).await?,
         Command::Migrate => println!("migrations applied ({:?})", app.store.kind()),
         Command::Seed { file } => {

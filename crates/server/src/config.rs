@@ -9,7 +9,7 @@ use anyhow::{Context, Result, bail};
 use broadcast_collect::FeedConfig;
 use broadcast_distribute::email::EmailSettings;
 use broadcast_distribute::webhook::WebhookSettings;
-use broadcast_triage::Watchlist;
+use broadcast_triage::{Rules, Tuning, Watchlist};
 use serde::Deserialize;
 use std::path::{Path, PathBuf};
 
@@ -99,7 +99,14 @@ pub struct CollectSettings {
 #[derive(Clone, Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct TriageSettings {
-    pub watchlist: Watchlist,
+    /// The watchlist file (vendors, products, keywords); see `config/watchlist.toml`.
+    pub watchlist_file: String,
+    pub relevance_threshold: f64,
+    pub old_after_days: i64,
+    /// Storm control: this many candidates for one vendor/product within the window
+    /// become one grouped candidate.
+    pub storm_min_burst: usize,
+    pub storm_window_minutes: i64,
 }
 
 /// The environment variables that are configuration: `BROADCAST_<SECTION>__<KEY>` and
@@ -160,6 +167,25 @@ impl Settings {
         url.clone()
     }
 
+    /// Reads and compiles the watchlist named by `triage.watchlist_file`.
+    pub fn triage_rules(&self) -> Result<Rules> {
+        let path = self.path(&self.triage.watchlist_file);
+        let w = self.watchlist()?;
+        let tuning = Tuning {
+            relevance_threshold: self.triage.relevance_threshold,
+            old_after_days: self.triage.old_after_days,
+        };
+        Rules::new(&w, tuning).map_err(|e| anyhow::anyhow!("triage.watchlist_file: {}: {e}", path.display()))
+    }
+
+    /// Reads the watchlist file.
+    pub fn watchlist(&self) -> Result<Watchlist> {
+        let path = self.path(&self.triage.watchlist_file);
+        let text = std::fs::read_to_string(&path)
+            .map_err(|e| anyhow::anyhow!("triage.watchlist_file: cannot read {}: {e}", path.display()))?;
+        toml::from_str(&text).map_err(|e| anyhow::anyhow!("triage.watchlist_file: {}: {e}", path.display()))
+    }
+
     pub fn retry_policy(&self) -> broadcast_distribute::retry::RetryPolicy {
         broadcast_distribute::retry::RetryPolicy {
             delays: self
@@ -216,7 +242,10 @@ impl Settings {
         if self.collect.max_body_bytes < 1024 {
             bail!("collect.max_body_bytes: must be at least 1024");
         }
-        broadcast_triage::Rules::new(&self.triage.watchlist).map_err(|e| anyhow::anyhow!("triage.{e}"))?;
+        self.triage_rules()?;
+        if self.triage.storm_min_burst < 2 || self.triage.storm_window_minutes < 1 {
+            bail!("triage.storm_min_burst must be at least 2 and triage.storm_window_minutes at least 1");
+        }
         let mut ids = std::collections::HashSet::new();
         for f in &self.feeds {
             f.build().map_err(|e| anyhow::anyhow!("feeds: {e}"))?;

@@ -12,6 +12,7 @@ pub mod cli;
 pub mod config;
 pub mod seed;
 pub mod stages;
+pub mod triage_tools;
 
 /// Checks a webhook URL an organisation registers: http(s), a host, no credentials.
 /// (Connect-time address checks — the SSRF guard — belong to the delivery engine.)

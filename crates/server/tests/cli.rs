@@ -35,6 +35,9 @@ templates_dir = "{templates}"
 [email]
 transport = "file"
 file_dir = "{mail}"
+[triage]
+watchlist_file = "{watchlist}"
+old_after_days = 3650
 [[feeds]]
 type = "rss"
 id = "medical"
@@ -47,6 +50,7 @@ url = "file://{broken}"
 "#,
                 db = dir.path().join("b.db").display(),
                 templates = repo().join("bulletin-templates").display(),
+                watchlist = repo().join("config/watchlist.toml").display(),
                 mail = dir.path().join("mail").display(),
                 feed = feed.display(),
                 broken = broken.display(),
@@ -206,7 +210,13 @@ fn collect_draft_and_four_eyes_from_the_command_line() {
     let list = cands["candidates"].as_array().unwrap();
     assert!(list.len() >= 10, "{} candidates", list.len());
     let top = &list[0];
-    assert!(top["assessment"]["reasons"][0].as_str().unwrap().starts_with("matched watchlist"));
+    let first_reason = top["assessment"]["reasons"][0].as_str().unwrap();
+    assert!(
+        first_reason.starts_with("probable product match")
+            || first_reason.starts_with("affected vendor")
+            || first_reason.starts_with("keyword:"),
+        "{first_reason}"
+    );
     let adv = top["advisory"]["id"].as_str().unwrap();
 
     let drafted = e.ok(&["bulletin", "draft", adv, "--as", "alice"]);

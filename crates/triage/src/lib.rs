@@ -1,183 +1,69 @@
 //! # broadcast-triage
 //!
 //! Pure policy: [`assess`] decides whether an advisory matters to health and care, how
-//! urgent it is, and why; [`draft_bulletin`] turns assessed advisories into a bulletin draft.
-//! No I/O, no clock, no environment: the server feeds it and stores what it returns.
+//! urgent it is, and why; [`group::group`] folds bursts into one candidate;
+//! [`draft_bulletin`] turns assessed advisories into a bulletin draft. No I/O, no clock, no
+//! environment: the server passes `now` and the compiled [`Rules`], and stores the result.
 //!
-//! This is triage v0: a watchlist of vendors, products and keywords matched in one
-//! Aho-Corasick pass over the advisory's text and affected products, with word boundaries,
-//! and a threat level that follows the CVSS score.
+//! ## The model (details and evaluation in `docs/TRIAGE.md`)
+//!
+//! - **Matches.** Every watchlist name and alias is found in one Aho-Corasick pass per field
+//!   (title and summary, affected vendors, affected products and models), case-insensitively
+//!   at word boundaries; CPEs and package URLs match exactly. Each entry counts once, at its
+//!   best confidence: *exact* (identifier, weight × 1.5), *probable* (vendor and product both
+//!   named, or the vendor named as an affected product's vendor; weight × 1), *keyword* (a
+//!   name in the text only; vendors and products at half weight, keyword entries at their
+//!   weight; all keyword-level matches together capped at 4). General-IT entries count only
+//!   at exact or probable confidence.
+//! - **Sector.** A "Healthcare and Public Health" sector adds 3 divided by the number of
+//!   sectors listed (an advisory for every sector is not a health advisory).
+//! - **Age.** An advisory first published more than `old_after_days` before `now` counts at
+//!   half weight unless it was added to KEV within that time.
+//! - **Relevant** when the age-adjusted health score reaches `relevance_threshold` (3).
+//! - **Score** for ranking: (health + urgency) × age, where urgency is KEV 2, reported
+//!   exploitation 1, and the CVSS score / 10.
+//! - **Threat level**: see [`threat_level`].
 //!
 //! ```
-//! use broadcast_triage::{Rules, Watchlist, assess};
+//! use broadcast_triage::{Rules, Tuning, Watchlist, assess};
 //! # use broadcast_core::*;
-//! let rules = Rules::new(&Watchlist { vendors: vec!["Philips".into()], ..Default::default() }).unwrap();
+//! let watchlist: Watchlist = toml::from_str(r#"
+//!     [[vendor]]
+//!     name = "Philips"
+//!     category = "medical_device"
+//!     weight = 3
+//! "#).unwrap();
+//! let rules = Rules::new(&watchlist, Tuning::default()).unwrap();
+//! # let t = chrono::DateTime::UNIX_EPOCH;
 //! # let mut c = AdvisoryContent::new("f", "1", "Philips IntelliVue flaw");
+//! # c.affected.push(Affected::named("Philips", "IntelliVue"));
 //! # c.cvss = Some(Cvss { vector: None, score: 9.1 });
-//! # let adv = Advisory { id: AdvisoryId::from_suffix("a"), revision: 1, first_seen: chrono::DateTime::UNIX_EPOCH, last_changed: chrono::DateTime::UNIX_EPOCH, content: c };
-//! let verdict = assess(&adv, &rules);
+//! # let adv = Advisory { id: AdvisoryId::from_suffix("a"), revision: 1, first_seen: t, last_changed: t, content: c };
+//! let verdict = assess(&adv, &rules, t);
 //! assert!(verdict.relevant);
 //! assert_eq!(verdict.threat_level, ThreatLevel::High);
+//! assert_eq!(verdict.reasons[0], "affected vendor: Philips (medical device)");
 //! ```
 #![forbid(unsafe_code)]
 
-use aho_corasick::{AhoCorasick, AhoCorasickBuilder, MatchKind};
+mod assess;
+pub mod eval;
+pub mod group;
+mod watchlist;
+
+pub use assess::{
+    Confidence, CvssSignal, Match, assess, cvss_signal, describe_vector, find_matches, threat_level,
+};
+pub use watchlist::{Category, Entry, Kind, Rules, RulesError, Tuning, Watchlist};
+
 use broadcast_core::{Advisory, Assessment, BulletinContent, ThreatLevel, Tlp};
-use serde::Deserialize;
 
-/// What the operator watches for, from config.
-#[derive(Clone, Debug, Default, Deserialize, PartialEq)]
-#[serde(deny_unknown_fields)]
-pub struct Watchlist {
-    #[serde(default)]
-    pub vendors: Vec<String>,
-    #[serde(default)]
-    pub products: Vec<String>,
-    #[serde(default)]
-    pub keywords: Vec<String>,
-}
-
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum Kind {
-    Vendor,
-    Product,
-    Keyword,
-}
-
-impl Kind {
-    fn label(self) -> &'static str {
-        match self {
-            Kind::Vendor => "vendor",
-            Kind::Product => "product",
-            Kind::Keyword => "keyword",
-        }
-    }
-    fn weight(self) -> f64 {
-        match self {
-            Kind::Vendor => 2.0,
-            Kind::Product => 3.0,
-            Kind::Keyword => 1.0,
-        }
-    }
-}
-
-/// A watchlist entry that cannot be used, named.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("watchlist {list}[{index}]: {why}")]
-pub struct RulesError {
-    pub list: &'static str,
-    pub index: usize,
-    pub why: String,
-}
-
-/// A compiled watchlist, ready to assess advisories.
-pub struct Rules {
-    matcher: Option<AhoCorasick>,
-    entries: Vec<(Kind, String)>,
-}
-
-impl Rules {
-    pub fn new(w: &Watchlist) -> Result<Rules, RulesError> {
-        let mut entries = Vec::new();
-        for (list, kind, items) in [
-            ("vendors", Kind::Vendor, &w.vendors),
-            ("products", Kind::Product, &w.products),
-            ("keywords", Kind::Keyword, &w.keywords),
-        ] {
-            for (index, item) in items.iter().enumerate() {
-                let t = item.trim();
-                if t.chars().count() < 2 {
-                    return Err(RulesError {
-                        list,
-                        index,
-                        why: format!("`{item}` is too short to match on"),
-                    });
-                }
-                entries.push((kind, t.to_owned()));
-            }
-        }
-        let matcher = if entries.is_empty() {
-            None
-        } else {
-            Some(
-                AhoCorasickBuilder::new()
-                    .ascii_case_insensitive(true)
-                    .match_kind(MatchKind::LeftmostLongest)
-                    .build(entries.iter().map(|(_, p)| p.as_str()))
-                    .map_err(|e| RulesError { list: "all", index: 0, why: e.to_string() })?,
-            )
-        };
-        Ok(Rules { matcher, entries })
-    }
-}
-
-fn is_word_byte(b: u8) -> bool {
-    b.is_ascii_alphanumeric() || b >= 0x80
-}
-
-/// Watchlist entries found in `text` at word boundaries, in order of first appearance.
-fn find_matches(rules: &Rules, text: &str) -> Vec<usize> {
-    let Some(m) = &rules.matcher else { return Vec::new() };
-    let bytes = text.as_bytes();
-    let mut found: Vec<usize> = Vec::new();
-    for hit in m.find_iter(text) {
-        let before_ok = hit.start() == 0 || !is_word_byte(bytes[hit.start() - 1]);
-        let after_ok = hit.end() == bytes.len() || !is_word_byte(bytes[hit.end()]);
-        let idx = hit.pattern().as_usize();
-        if before_ok && after_ok && !found.contains(&idx) {
-            found.push(idx);
-        }
-    }
-    found
-}
-
-/// Assesses the latest revision of an advisory.
-///
-/// Relevance: any watchlist match. Score: the sum of match weights (product 3, vendor 2,
-/// keyword 1) plus CVSS/10. Threat level: from the CVSS base score (see
-/// [`ThreatLevel::from_cvss`]); without a score it is Information until an analyst decides.
-pub fn assess(adv: &Advisory, rules: &Rules) -> Assessment {
-    let c = &adv.content;
-    let mut text = format!("{}\n{}", c.title, c.summary);
-    for a in &c.affected {
-        text.push('\n');
-        text.push_str(&a.vendor);
-        text.push(' ');
-        text.push_str(&a.product);
-    }
-    let matches = find_matches(rules, &text);
-    let mut reasons = Vec::new();
-    let mut score = 0.0;
-    for idx in &matches {
-        let (kind, name) = &rules.entries[*idx];
-        reasons.push(format!("matched watchlist {} `{}`", kind.label(), name));
-        score += kind.weight();
-    }
-    let relevant = !matches.is_empty();
-    if !relevant {
-        reasons.push("no watchlist vendor, product or keyword matched".to_owned());
-    }
-    let threat_level = match &c.cvss {
-        Some(cvss) => {
-            score += cvss.score / 10.0;
-            reasons.push(match &cvss.vector {
-                Some(v) => format!("CVSS {:.1} ({v})", cvss.score),
-                None => format!("CVSS {:.1}", cvss.score),
-            });
-            ThreatLevel::from_cvss(cvss.score)
-        }
-        None => {
-            reasons.push("no CVSS score: threat level left at Information for an analyst to set".to_owned());
-            ThreatLevel::Information
-        }
-    };
-    Assessment {
-        advisory_id: adv.id.clone(),
-        advisory_revision: adv.revision,
-        relevant,
-        threat_level,
-        score: (score * 100.0).round() / 100.0,
-        reasons,
+/// The key storm control groups by: the first affected vendor and product, lower-cased, or
+/// the source when the advisory names no product.
+pub fn group_key(adv: &Advisory) -> String {
+    match adv.content.affected.first() {
+        Some(a) => format!("{}/{}", a.vendor.trim(), a.product.trim()).to_lowercase(),
+        None => format!("source:{}", adv.content.source),
     }
 }
 
@@ -237,79 +123,239 @@ pub fn draft_bulletin(items: &[(Advisory, Option<Assessment>)]) -> BulletinConte
 #[cfg(test)]
 mod tests {
     use super::*;
-    use broadcast_core::{AdvisoryContent, AdvisoryId, Affected, Cvss};
-    use chrono::TimeZone;
+    use broadcast_core::{AdvisoryContent, AdvisoryId, Affected, Cvss, KevListing};
+    use chrono::{DateTime, TimeZone, Utc};
+
+    fn now() -> DateTime<Utc> {
+        Utc.with_ymd_and_hms(2026, 6, 1, 0, 0, 0).unwrap()
+    }
 
     fn adv(title: &str, summary: &str, cvss: Option<f64>) -> Advisory {
         let mut c = AdvisoryContent::new("f", title, title);
         c.summary = summary.into();
         c.cvss = cvss.map(|score| Cvss { vector: None, score });
-        let t = chrono::Utc.with_ymd_and_hms(2026, 1, 1, 0, 0, 0).unwrap();
-        Advisory { id: AdvisoryId::from_suffix("x"), revision: 3, first_seen: t, last_changed: t, content: c }
+        c.published = Some(now() - chrono::Duration::days(3));
+        Advisory {
+            id: AdvisoryId::from_suffix("x"),
+            revision: 3,
+            first_seen: now(),
+            last_changed: now(),
+            content: c,
+        }
     }
 
     fn rules() -> Rules {
-        Rules::new(&Watchlist {
-            vendors: vec!["Philips".into(), "Baxter".into()],
-            products: vec!["IntelliVue".into(), "Citrix NetScaler".into()],
-            keywords: vec!["infusion pump".into(), "DICOM".into()],
-        })
-        .unwrap()
+        let w: Watchlist = toml::from_str(
+            r#"
+            [[vendor]]
+            name = "Philips"
+            category = "medical_device"
+            aliases = ["Philips Healthcare"]
+            weight = 3
+            [[vendor]]
+            name = "Baxter"
+            category = "medical_device"
+            weight = 3
+            [[product]]
+            name = "IntelliVue"
+            vendor = "Philips"
+            category = "medical_device"
+            weight = 4
+            cpe = ["cpe:2.3:h:philips:intellivue"]
+            [[product]]
+            name = "Exchange Server"
+            vendor = "Microsoft"
+            category = "general_it"
+            weight = 3
+            purl = ["pkg:nuget/microsoft.exchange"]
+            [[keyword]]
+            name = "infusion pump"
+            category = "device_kind"
+            aliases = ["syringe pump"]
+            weight = 2
+            [[keyword]]
+            name = "DICOM"
+            category = "healthcare_protocol"
+            weight = 2
+            [[keyword]]
+            name = "hospital"
+            category = "healthcare"
+            weight = 1
+        "#,
+        )
+        .unwrap();
+        Rules::new(&w, Tuning::default()).unwrap()
     }
 
     #[test]
-    fn matches_with_reasons_and_cvss_level() {
-        let a = adv("Philips IntelliVue patient monitors", "Network flaw; CVE-2026-1", Some(9.8));
-        let v = assess(&a, &rules());
+    fn confidences_exact_probable_keyword() {
+        let r = rules();
+        let mut a = adv("Monitor flaw", "", Some(9.8));
+        a.content.affected.push(Affected {
+            vendor: "Philips".into(),
+            product: "IntelliVue MX40".into(),
+            cpe: Some("cpe:2.3:h:philips:intellivue:b.0:*:*:*:*:*:*:*".into()),
+            ..Affected::default()
+        });
+        let m = find_matches(&a, &r);
+        assert_eq!(m[0].confidence, Confidence::Exact);
+        assert_eq!(m[1].confidence, Confidence::Probable);
+        let v = assess(&a, &r, now());
+        assert_eq!(
+            v.reasons[0],
+            "exact product match: IntelliVue (cpe:2.3:h:philips:intellivue:b.0:*:*:*:*:*:*:*)"
+        );
+        assert_eq!(v.reasons[1], "affected vendor: Philips (medical device)");
         assert!(v.relevant);
         assert_eq!(v.threat_level, ThreatLevel::High);
-        assert_eq!(v.advisory_revision, 3);
-        assert_eq!(
-            v.reasons,
-            vec!["matched watchlist vendor `Philips`", "matched watchlist product `IntelliVue`", "CVSS 9.8"]
+
+        // Vendor and product named in text: probable. Product alone: keyword, half weight.
+        let v = assess(&adv("Philips Healthcare IntelliVue", "", None), &r, now());
+        assert!(
+            v.reasons.iter().any(|x| x == "probable product match: Philips IntelliVue (medical device)"),
+            "{:?}",
+            v.reasons
         );
-        assert!((v.score - 5.98).abs() < 1e-9, "{}", v.score);
-    }
-
-    #[test]
-    fn word_boundaries_and_case() {
-        let r = rules();
-        // "Philipsburg" is not Philips; "dicom" in lower case still matches DICOM.
-        let v = assess(&adv("Philipsburg water utility", "uses dicom gateway", None), &r);
-        assert_eq!(v.reasons[0], "matched watchlist keyword `DICOM`");
-        assert_eq!(v.reasons.len(), 2);
-        assert!(!assess(&adv("IntelliVuePlus", "", None), &r).relevant);
-        // Multi-word entries match across the text.
-        assert!(assess(&adv("Flaw in Baxter infusion pump", "", Some(5.0)), &r).relevant);
-    }
-
-    #[test]
-    fn affected_products_are_matched_too() {
-        let mut a = adv("Advisory ICSMA-26-001", "", Some(6.5));
-        a.content.affected.push(Affected { vendor: "Baxter".into(), product: "Sigma Spectrum".into() });
-        let v = assess(&a, &rules());
-        assert!(v.relevant);
-        assert_eq!(v.threat_level, ThreatLevel::Medium);
-    }
-
-    #[test]
-    fn irrelevant_and_unscored() {
-        let v = assess(&adv("Kernel update", "", None), &rules());
+        let v = assess(&adv("IntelliVue gateway", "", None), &r, now());
         assert!(!v.relevant);
-        assert_eq!(v.threat_level, ThreatLevel::Information);
-        assert_eq!(v.score, 0.0);
-        assert!(v.reasons[0].contains("no watchlist"));
-        assert!(v.reasons[1].contains("no CVSS"));
-        // An empty watchlist matches nothing.
-        assert!(!assess(&adv("Philips", "", None), &Rules::new(&Watchlist::default()).unwrap()).relevant);
+        assert!(
+            v.reasons.iter().any(|x| x == "product named in the text: IntelliVue (medical device; weak)"),
+            "{:?}",
+            v.reasons
+        );
+    }
+
+    #[test]
+    fn word_boundaries_aliases_and_case() {
+        let r = rules();
+        assert!(find_matches(&adv("Philipsburg water", "", None), &r).is_empty());
+        let m = find_matches(&adv("a syringe pump and a dicom viewer", "", None), &r);
+        assert_eq!(m.len(), 2);
+        assert!(m.iter().all(|x| x.confidence == Confidence::Keyword));
+    }
+
+    #[test]
+    fn general_it_needs_more_than_a_mention() {
+        let r = rules();
+        assert!(
+            find_matches(&adv("runs next to Exchange Server", "", None), &r)[0].confidence
+                == Confidence::Keyword
+        );
+        assert!(assess(&adv("runs next to Exchange Server", "", Some(9.0)), &r, now()).score < 1.0 + 1e-9);
+        let mut a = adv("Mail flaw", "", Some(9.0));
+        a.content.affected.push(Affected {
+            purl: Some("pkg:nuget/Microsoft.Exchange.Core@15".into()),
+            ..Affected::default()
+        });
+        let v = assess(&a, &r, now());
+        assert!(v.relevant, "{:?}", v.reasons);
+        assert!(v.reasons[0].starts_with("exact product match: Exchange Server"));
+    }
+
+    #[test]
+    fn sectors_count_by_how_many_are_listed() {
+        let r = rules();
+        let mut only = adv("Gateway", "", Some(5.0));
+        only.content.sectors = vec!["Healthcare and Public Health".into()];
+        let v = assess(&only, &r, now());
+        assert!(v.relevant);
+        assert!(
+            v.reasons.contains(
+                &"sector: Healthcare and Public Health (the only one of 1 sectors listed)".to_owned()
+            )
+        );
+        let mut many = only.clone();
+        many.content.sectors = ["Energy", "Healthcare and Public Health", "Water and Wastewater Systems"]
+            .map(String::from)
+            .to_vec();
+        assert!(!assess(&many, &r, now()).relevant);
+    }
+
+    #[test]
+    fn keyword_mentions_are_capped() {
+        let r = rules();
+        let v = assess(&adv("hospital hospital", "infusion pump DICOM syringe pump", None), &r, now());
+        // 1 + 2 + 2 = 5, capped at 4: relevant, but no more.
+        assert!(v.relevant);
+        assert!((v.score - 4.0).abs() < 1e-9, "{}", v.score);
+    }
+
+    #[test]
+    fn kev_exploitation_and_cvss_reasons() {
+        let r = rules();
+        let mut a = adv("Baxter infusion pump", "", None);
+        // No headline score: every vector is parsed and scored, the highest kept.
+        a.content.cvss_vectors = vec![
+            "CVSS:4.0/AV:A/AC:L/AT:N/PR:N/UI:N/VC:N/VI:N/VA:H/SC:N/SI:N/SA:N".into(),
+            "CVSS:3.1/AV:N/AC:L/PR:N/UI:N/S:U/C:H/I:H/A:H".into(),
+            "CVSS:9.9/garbage".into(),
+        ];
+        a.content.kev = Some(KevListing {
+            date_added: chrono::NaiveDate::from_ymd_opt(2026, 5, 20).unwrap(),
+            due_date: chrono::NaiveDate::from_ymd_opt(2026, 6, 10),
+            ransomware: true,
+        });
+        let v = assess(&a, &r, now());
+        assert!(
+            v.reasons.contains(
+                &"in KEV since 2026-05-20, remediation due 2026-06-10, known use in ransomware campaigns"
+                    .to_owned()
+            ),
+            "{:?}",
+            v.reasons
+        );
+        assert!(
+            v.reasons.contains(&"CVSS 9.8 (v3.1): network, no privileges, no user interaction".to_owned()),
+            "{:?}",
+            v.reasons
+        );
+        assert_eq!(v.threat_level, ThreatLevel::High);
+    }
+
+    #[test]
+    fn an_update_to_an_old_advisory_does_not_alarm_on_its_own() {
+        let r = rules();
+        let mut old = adv("Baxter infusion pump", "", Some(9.8));
+        old.content.published = Some(now() - chrono::Duration::days(4 * 365));
+        let fresh = assess(&adv("Baxter infusion pump", "", Some(9.8)), &r, now());
+        let v = assess(&old, &r, now());
+        assert!(fresh.relevant && !v.relevant, "{:?}", v.reasons);
+        assert!(v.reasons.iter().any(|x| x.contains("an update to an old issue")));
+        assert!(v.score < fresh.score / 1.9);
+        // ...unless it has just been added to KEV.
+        old.content.kev =
+            Some(KevListing { date_added: now().date_naive(), due_date: None, ransomware: false });
+        assert!(assess(&old, &r, now()).relevant);
+    }
+
+    #[test]
+    fn threat_level_boundaries() {
+        use ThreatLevel::*;
+        assert_eq!(threat_level(Some(10.0), false), High);
+        assert_eq!(threat_level(Some(7.0), false), High);
+        assert_eq!(threat_level(Some(6.9), false), Medium);
+        assert_eq!(threat_level(Some(4.0), false), Medium);
+        assert_eq!(threat_level(Some(3.9), false), Low);
+        assert_eq!(threat_level(Some(0.1), false), Low);
+        assert_eq!(threat_level(Some(0.0), false), Information);
+        assert_eq!(threat_level(None, false), Information);
+        assert_eq!(threat_level(None, true), Medium);
+        assert_eq!(threat_level(Some(3.9), true), Medium);
+        assert_eq!(threat_level(Some(4.0), true), High);
+        assert_eq!(threat_level(Some(9.0), true), High);
     }
 
     #[test]
     fn bad_entries_are_named() {
-        let err = Rules::new(&Watchlist { keywords: vec!["ok".into(), " ".into()], ..Default::default() })
-            .err()
-            .unwrap();
-        assert_eq!((err.list, err.index), ("keywords", 1));
+        let bad =
+            |t: &str| Rules::new(&toml::from_str::<Watchlist>(t).unwrap(), Tuning::default()).err().unwrap();
+        let e = bad("[[keyword]]\nname = \"x\"\ncategory = \"healthcare\"");
+        assert_eq!((e.list, e.name.as_str()), ("keyword", "x"));
+        let e = bad("[[product]]\nname = \"Foo\"\ncategory = \"health_it\"\ncpe = [\"philips:foo\"]");
+        assert!(e.why.contains("philips:foo"));
+        let e = bad("[[vendor]]\nname = \"Foo\"\ncategory = \"health_it\"\nweight = -1");
+        assert!(e.why.contains("weight"));
+        assert!(toml::from_str::<Watchlist>("[[vendor]]\nname = \"Foo\"\ncategory = \"space\"").is_err());
     }
 
     #[test]
@@ -321,7 +367,7 @@ mod tests {
         let mut b = adv("Baxter pump", "Second.", Some(9.0));
         b.content.cves = vec!["CVE-2026-1".into(), "CVE-2026-2".into()];
         b.content.tlp = Tlp::Amber;
-        let (va, vb) = (assess(&a, &r), assess(&b, &r));
+        let (va, vb) = (assess(&a, &r, now()), assess(&b, &r, now()));
         let d = draft_bulletin(&[(a, Some(va)), (b, Some(vb))]);
         assert_eq!(d.title, "Philips IntelliVue and 1 related advisories");
         assert_eq!(d.threat_level, ThreatLevel::High);

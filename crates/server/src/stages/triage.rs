@@ -15,7 +15,7 @@ pub async fn assess_pending(app: &App) -> anyhow::Result<usize> {
             return Ok(total);
         }
         for adv in &batch {
-            let verdict = broadcast_triage::assess(adv, &app.rules);
+            let verdict = broadcast_triage::assess(adv, &app.rules, Utc::now());
             app.store.save_assessment(&verdict, Utc::now()).await?;
             tracing::debug!(advisory.id = %adv.id, relevant = verdict.relevant, level = %verdict.threat_level, "assessed");
         }
