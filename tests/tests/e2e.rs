@@ -356,7 +356,7 @@ schedule = "*/2 * * * * *"
     let candidates = wait_for("candidates", 30, || async {
         let v = api.get(&alice, "/api/candidates").await;
         let list = v["candidates"].as_array().cloned().unwrap_or_default();
-        (list.len() >= 10).then_some(list)
+        (list.len() >= 5).then_some(list)
     })
     .await;
     let top = &candidates[0];

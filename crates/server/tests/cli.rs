@@ -208,7 +208,7 @@ fn collect_draft_and_four_eyes_from_the_command_line() {
 
     let cands: serde_json::Value = serde_json::from_str(&e.ok(&["candidates", "--json"])).unwrap();
     let list = cands["candidates"].as_array().unwrap();
-    assert!(list.len() >= 10, "{} candidates", list.len());
+    assert!(list.len() >= 5, "{} candidates", list.len());
     let top = &list[0];
     let first_reason = top["assessment"]["reasons"][0].as_str().unwrap();
     assert!(
