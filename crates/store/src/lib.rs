@@ -165,6 +165,45 @@ macro_rules! insert_event {
     };
 }
 
+/// Appends an entry to the hash-chained audit log inside the current transaction. The
+/// `audit_head` row is updated first, which locks it: concurrent appenders queue, so
+/// sequence numbers have no gaps and each entry chains to the one before.
+macro_rules! audit {
+    ($tx:expr, $actor:expr, $action:expr, $subject:expr, $details:expr, $at:expr) => {{
+        let (seq, prev): (i64, String) =
+            sqlx::query_as("UPDATE audit_head SET seq = seq + 1 WHERE id = 1 RETURNING seq, hash")
+                .fetch_one(&mut *$tx)
+                .await?;
+        let details: String = $details;
+        let entry = AuditEntry {
+            seq,
+            at: $at,
+            actor: $actor.to_string(),
+            action: $action.to_string(),
+            subject: $subject.to_string(),
+            details,
+            prev_hash: prev,
+            hash: String::new(),
+        };
+        let hash = entry.compute_hash();
+        sqlx::query(
+            "INSERT INTO audit_log (seq, at, actor, action, subject, details, prev_hash, hash)
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
+        )
+        .bind(seq)
+        .bind(entry.at)
+        .bind(&entry.actor)
+        .bind(&entry.action)
+        .bind(&entry.subject)
+        .bind(&entry.details)
+        .bind(&entry.prev_hash)
+        .bind(&hash)
+        .execute(&mut *$tx)
+        .await?;
+        sqlx::query("UPDATE audit_head SET hash = $1 WHERE id = 1").bind(&hash).execute(&mut *$tx).await?;
+    }};
+}
+
 /// Reads the subscribers and writes a published bulletin's outbox rows, inside the
 /// publishing transaction. Evaluates to the number of rows written.
 macro_rules! fan_out {
@@ -199,7 +238,7 @@ macro_rules! fan_out {
     }};
 }
 
-fn migrator(dir: &str, files: &[(&'static str, &'static str)]) -> Migrator {
+fn migrator(files: &[(&'static str, &'static str)]) -> Migrator {
     let migrations = files
         .iter()
         .enumerate()
@@ -207,14 +246,17 @@ fn migrator(dir: &str, files: &[(&'static str, &'static str)]) -> Migrator {
             Migration::new(i as i64 + 1, (*desc).into(), MigrationType::Simple, sql.into_sql_str(), false)
         })
         .collect();
-    let _ = dir;
     Migrator::with_migrations(migrations)
 }
 
-const SQLITE_MIGRATIONS: &[(&str, &str)] =
-    &[("initial", include_str!("../migrations/sqlite/0001_initial.sql"))];
-const POSTGRES_MIGRATIONS: &[(&str, &str)] =
-    &[("initial", include_str!("../migrations/postgres/0001_initial.sql"))];
+const SQLITE_MIGRATIONS: &[(&str, &str)] = &[
+    ("initial", include_str!("../migrations/sqlite/0001_initial.sql")),
+    ("overrides and audit", include_str!("../migrations/sqlite/0002_overrides_audit.sql")),
+];
+const POSTGRES_MIGRATIONS: &[(&str, &str)] = &[
+    ("initial", include_str!("../migrations/postgres/0001_initial.sql")),
+    ("overrides and audit", include_str!("../migrations/postgres/0002_overrides_audit.sql")),
+];
 
 /// Whether a candidate list includes advisories triage found irrelevant.
 #[derive(Clone, Debug, Default)]
@@ -227,7 +269,11 @@ pub struct CandidateFilter {
 #[derive(Clone, Debug, Serialize)]
 pub struct Candidate {
     pub advisory: Advisory,
+    /// Triage's verdict, with an analyst's override applied.
     pub assessment: Assessment,
+    /// The override, if an analyst corrected this revision's verdict.
+    #[serde(rename = "override")]
+    pub override_info: Option<OverrideInfo>,
 }
 
 /// What storing an advisory did.
@@ -286,6 +332,60 @@ pub struct BulletinEvent {
     pub from_state: Option<String>,
     pub to_state: String,
     pub comment: Option<String>,
+    pub at: DateTime<Utc>,
+}
+
+/// One audit-log entry. `hash` = SHA-256 over the previous hash and every field, so editing
+/// or deleting any entry breaks the chain from there on.
+#[derive(Clone, Debug, PartialEq, Serialize, sqlx::FromRow)]
+pub struct AuditEntry {
+    pub seq: i64,
+    pub at: DateTime<Utc>,
+    /// Analyst id, or `system`.
+    pub actor: String,
+    pub action: String,
+    pub subject: String,
+    /// JSON.
+    pub details: String,
+    pub prev_hash: String,
+    pub hash: String,
+}
+
+impl AuditEntry {
+    pub fn compute_hash(&self) -> String {
+        use sha2::{Digest, Sha256};
+        let mut h = Sha256::new();
+        for part in [
+            self.prev_hash.as_str(),
+            &self.seq.to_string(),
+            &self.at.to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
+            &self.actor,
+            &self.action,
+            &self.subject,
+            &self.details,
+        ] {
+            h.update((part.len() as u64).to_be_bytes());
+            h.update(part.as_bytes());
+        }
+        hex::encode(h.finalize())
+    }
+}
+
+/// The result of checking the audit chain.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct AuditCheck {
+    pub entries: i64,
+    /// The first entry that does not check out, and why.
+    pub broken: Option<(i64, String)>,
+}
+
+/// An analyst's correction of triage's verdict on one revision.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct OverrideInfo {
+    pub relevant: Option<bool>,
+    pub threat_level: Option<ThreatLevel>,
+    pub reason: String,
+    pub analyst: String,
     pub at: DateTime<Utc>,
 }
 
@@ -365,8 +465,8 @@ impl Store {
     /// Applies the backend's migrations that have not run yet. Safe to call on every start.
     pub async fn migrate(&self) -> Result<()> {
         match &self.backend {
-            Backend::Sqlite(pool) => migrator("sqlite", SQLITE_MIGRATIONS).run(pool).await?,
-            Backend::Postgres(pool) => migrator("postgres", POSTGRES_MIGRATIONS).run(pool).await?,
+            Backend::Sqlite(pool) => migrator(SQLITE_MIGRATIONS).run(pool).await?,
+            Backend::Postgres(pool) => migrator(POSTGRES_MIGRATIONS).run(pool).await?,
         }
         Ok(())
     }
@@ -500,12 +600,8 @@ impl Store {
     pub async fn list_candidates(&self, filter: &CandidateFilter) -> Result<Vec<Candidate>> {
         dispatch!(self, pool => {
             let rows: Vec<CandidateRow> = sqlx::query_as(
-                "SELECT a.id, a.revision, a.content, a.first_seen, a.last_changed,
-                        s.relevant, s.threat_level, s.score, s.reasons
-                 FROM advisories a
-                 JOIN assessments s ON s.advisory_id = a.id AND s.advisory_revision = a.revision
-                 WHERE s.relevant OR $1
-                 ORDER BY s.score DESC, a.last_changed DESC, a.id LIMIT $2",
+                sqlx::AssertSqlSafe(format!("{CANDIDATES} WHERE COALESCE(o.relevant, s.relevant) OR $1
+                 ORDER BY s.score DESC, a.last_changed DESC, a.id LIMIT $2")),
             )
             .bind(filter.include_irrelevant)
             .bind(filter.limit.unwrap_or(500))
@@ -515,15 +611,128 @@ impl Store {
         })
     }
 
+    /// An advisory with its latest verdict (override applied), if it has been assessed.
+    pub async fn candidate(&self, id: &AdvisoryId) -> Result<Option<Candidate>> {
+        dispatch!(self, pool => {
+            let row: Option<CandidateRow> = sqlx::query_as(sqlx::AssertSqlSafe(format!("{CANDIDATES} WHERE a.id = $1")))
+                .bind(id.as_str())
+                .fetch_optional(pool)
+                .await?;
+            row.map(CandidateRow::into_candidate).transpose()
+        })
+    }
+
+    /// Records an analyst's correction of triage's verdict on the advisory's current
+    /// revision, with the reason, and audits it. A later revision is assessed afresh.
+    pub async fn override_assessment(
+        &self,
+        id: &AdvisoryId,
+        relevant: Option<bool>,
+        threat_level: Option<ThreatLevel>,
+        reason: &str,
+        actor: &AnalystId,
+        now: DateTime<Utc>,
+    ) -> Result<Candidate> {
+        let reason = reason.trim();
+        if reason.is_empty() {
+            return Err(StoreError::Invalid { what: "override", why: "a reason is required".into() });
+        }
+        if relevant.is_none() && threat_level.is_none() {
+            return Err(StoreError::Invalid {
+                what: "override",
+                why: "change relevance, threat level or both".into(),
+            });
+        }
+        let now = db_time(now);
+        let current = self
+            .candidate(id)
+            .await?
+            .ok_or_else(|| StoreError::Conflict(format!("advisory {id} has not been assessed yet")))?;
+        let revision = current.advisory.revision;
+        dispatch!(self, pool => {
+            let mut tx = pool.begin_write().await?;
+            sqlx::query(
+                "INSERT INTO assessment_overrides (advisory_id, advisory_revision, relevant, threat_level, reason, analyst_id, at)
+                 VALUES ($1, $2, $3, $4, $5, $6, $7)",
+            )
+            .bind(id.as_str()).bind(revision).bind(relevant).bind(threat_level.map(|l| l.as_str())).bind(reason)
+            .bind(actor.as_str()).bind(now)
+            .execute(&mut *tx).await?;
+            let details = serde_json::json!({
+                "revision": revision,
+                "relevant": { "from": current.assessment.relevant, "to": relevant },
+                "threat_level": { "from": current.assessment.threat_level, "to": threat_level },
+                "reason": reason,
+            });
+            audit!(tx, actor, "triage.override", id, details.to_string(), now);
+            tx.commit().await?;
+            Ok::<(), StoreError>(())
+        })?;
+        self.candidate(id).await?.ok_or_else(|| not_found("advisory", id))
+    }
+
+    // ----- audit ------------------------------------------------------------------------
+
+    /// Audit entries after `after_seq`, oldest first.
+    pub async fn audit_entries(&self, after_seq: i64, limit: i64) -> Result<Vec<AuditEntry>> {
+        dispatch!(self, pool => {
+            Ok(sqlx::query_as("SELECT * FROM audit_log WHERE seq > $1 ORDER BY seq LIMIT $2")
+                .bind(after_seq).bind(limit).fetch_all(pool).await?)
+        })
+    }
+
+    /// Recomputes the whole chain: every entry's hash, its link to the one before, gapless
+    /// numbering from 1, and the head. Any edited, inserted or deleted entry is found.
+    pub async fn verify_audit(&self) -> Result<AuditCheck> {
+        let (head_seq, head_hash): (i64, String) = dispatch!(self, pool => {
+            sqlx::query_as("SELECT seq, hash FROM audit_head WHERE id = 1").fetch_one(pool).await?
+        });
+        let mut prev = "0".repeat(64);
+        let mut expected = 1;
+        let mut after = 0;
+        loop {
+            let batch = self.audit_entries(after, 5000).await?;
+            if batch.is_empty() {
+                break;
+            }
+            for e in &batch {
+                let broken = |why: &str| {
+                    Ok(AuditCheck { entries: expected - 1, broken: Some((e.seq, why.to_owned())) })
+                };
+                if e.seq != expected {
+                    return broken(&format!("expected entry {expected}: an entry is missing"));
+                }
+                if e.prev_hash != prev {
+                    return broken("does not chain to the entry before it");
+                }
+                if e.compute_hash() != e.hash {
+                    return broken("content does not match its hash: the entry was edited");
+                }
+                prev = e.hash.clone();
+                expected += 1;
+            }
+            after = batch.last().map(|e| e.seq).unwrap_or(after);
+        }
+        let entries = expected - 1;
+        if entries != head_seq || prev != head_hash {
+            return Ok(AuditCheck {
+                entries,
+                broken: Some((
+                    entries + 1,
+                    format!(
+                        "the log ends at {entries} but {head_seq} entries were written: entries were deleted"
+                    ),
+                )),
+            });
+        }
+        Ok(AuditCheck { entries, broken: None })
+    }
+
     /// Triage's verdict on the latest revision of one advisory, if it has one yet.
     pub async fn latest_assessment(&self, id: &AdvisoryId) -> Result<Option<Assessment>> {
         dispatch!(self, pool => {
             let row: Option<CandidateRow> = sqlx::query_as(
-                "SELECT a.id, a.revision, a.content, a.first_seen, a.last_changed,
-                        s.relevant, s.threat_level, s.score, s.reasons
-                 FROM advisories a
-                 JOIN assessments s ON s.advisory_id = a.id AND s.advisory_revision = a.revision
-                 WHERE a.id = $1",
+                sqlx::AssertSqlSafe(format!("{CANDIDATES} WHERE a.id = $1")),
             )
             .bind(id.as_str())
             .fetch_optional(pool)
@@ -712,6 +921,7 @@ impl Store {
             .bind(author.as_str()).bind(now)
             .execute(&mut *tx).await?;
             insert_event!(tx, id, "create", author, None, BulletinState::Draft, None::<&str>, now)?;
+            audit!(tx, author, "bulletin.create", reference, serde_json::json!({ "id": id, "title": content.title, "advisories": advisory_ids }).to_string(), now);
             tx.commit().await?;
             Ok(Bulletin {
                 id, reference, state: BulletinState::Draft, content: content.clone(),
@@ -776,6 +986,7 @@ impl Store {
                 )));
             }
             insert_event!(tx, current.id, "edit", actor, Some(BulletinState::Draft), BulletinState::Draft, None::<&str>, now)?;
+            audit!(tx, actor, "bulletin.edit", current.reference, serde_json::json!({ "version": version + 1, "content": content }).to_string(), now);
             tx.commit().await?;
             Ok::<(), StoreError>(())
         })?;
@@ -841,6 +1052,11 @@ impl Store {
                 )
                 .bind(current.id.as_str()).execute(&mut *tx).await?.rows_affected();
             }
+            audit!(
+                tx, actor, format!("bulletin.{action}"), current.reference,
+                serde_json::json!({ "from": current.state, "to": next, "comment": comment, "deliveries_created": created, "deliveries_cancelled": cancelled }).to_string(),
+                now
+            );
             tx.commit().await?;
             Ok::<_, StoreError>((created, cancelled))
         })?;
@@ -1013,6 +1229,7 @@ impl Store {
                  WHERE channel = 'email' AND recipient_id = $1 AND state = 'pending'",
             )
             .bind(id.as_str()).execute(&mut *tx).await?;
+            audit!(tx, "recipient", "contact.unsubscribe", id, "{}".to_owned(), db_time(Utc::now()));
             tx.commit().await?;
             Ok::<(), StoreError>(())
         })?;
@@ -1158,6 +1375,20 @@ impl Store {
         })
     }
 }
+
+/// Advisories with the assessment of their latest revision and that revision's latest
+/// override, if any. Append a `WHERE`.
+const CANDIDATES: &str = "SELECT a.id, a.revision, a.content, a.first_seen, a.last_changed,
+        s.relevant, s.threat_level, s.score, s.reasons,
+        o.relevant AS override_relevant, o.threat_level AS override_level, o.reason AS override_reason,
+        an.name AS override_by, o.at AS override_at
+     FROM advisories a
+     JOIN assessments s ON s.advisory_id = a.id AND s.advisory_revision = a.revision
+     LEFT JOIN assessment_overrides o ON o.advisory_id = a.id AND o.advisory_revision = a.revision
+          AND NOT EXISTS (SELECT 1 FROM assessment_overrides o2
+                          WHERE o2.advisory_id = o.advisory_id AND o2.advisory_revision = o.advisory_revision
+                            AND o2.id > o.id)
+     LEFT JOIN analysts an ON an.id = o.analyst_id";
 
 fn pool_skip_locked<P: Pool>(_: &P) -> &'static str {
     P::SKIP_LOCKED

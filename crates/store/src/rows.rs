@@ -2,7 +2,7 @@
 //! Enum and JSON columns are parsed here; a value that does not parse is reported as
 //! corrupt data rather than silently defaulted.
 
-use super::{BulletinEvent, Candidate, FeedState, Result, StoreError, from_json, parse_id};
+use super::{BulletinEvent, Candidate, FeedState, OverrideInfo, Result, StoreError, from_json, parse_id};
 use broadcast_core::{Advisory, Analyst, Assessment, Bulletin, Contact, Delivery, Endpoint, Organisation};
 use chrono::{DateTime, Utc};
 use std::str::FromStr;
@@ -46,6 +46,11 @@ pub(crate) struct CandidateRow {
     pub threat_level: String,
     pub score: f64,
     pub reasons: String,
+    pub override_relevant: Option<bool>,
+    pub override_level: Option<String>,
+    pub override_reason: Option<String>,
+    pub override_by: Option<String>,
+    pub override_at: Option<DateTime<Utc>>,
 }
 
 impl CandidateRow {
@@ -58,7 +63,7 @@ impl CandidateRow {
             last_changed: self.last_changed,
         }
         .into_advisory()?;
-        let assessment = Assessment {
+        let mut assessment = Assessment {
             advisory_id: advisory.id.clone(),
             advisory_revision: advisory.revision,
             relevant: self.relevant,
@@ -66,7 +71,26 @@ impl CandidateRow {
             score: self.score,
             reasons: from_json(&self.reasons)?,
         };
-        Ok(Candidate { advisory, assessment })
+        let override_info = match (self.override_reason, self.override_at) {
+            (Some(reason), Some(at)) => Some(OverrideInfo {
+                relevant: self.override_relevant,
+                threat_level: self
+                    .override_level
+                    .as_deref()
+                    .map(|l| parse_enum("threat level", l))
+                    .transpose()?,
+                reason,
+                analyst: self.override_by.unwrap_or_default(),
+                at,
+            }),
+            _ => None,
+        };
+        if let Some(o) = &override_info {
+            assessment.relevant = o.relevant.unwrap_or(assessment.relevant);
+            assessment.threat_level = o.threat_level.unwrap_or(assessment.threat_level);
+            assessment.reasons.insert(0, format!("overridden by {}: {}", o.analyst, o.reason));
+        }
+        Ok(Candidate { advisory, assessment, override_info })
     }
 }
 

@@ -44,18 +44,34 @@ where
     F: FnOnce(Store) -> Fut,
     Fut: Future<Output = ()>,
 {
+    with_sqlite_url(|s, _| test(s)).await
+}
+
+async fn with_postgres<F, Fut>(test: F)
+where
+    F: FnOnce(Store) -> Fut,
+    Fut: Future<Output = ()>,
+{
+    with_postgres_url(|s, _| test(s)).await
+}
+
+async fn with_sqlite_url<F, Fut>(test: F)
+where
+    F: FnOnce(Store, String) -> Fut,
+    Fut: Future<Output = ()>,
+{
     let dir = tempfile::tempdir().unwrap();
     let url = format!("sqlite://{}", dir.path().join("test.db").display());
     let store = Store::connect(&url).await.unwrap();
     store.migrate().await.unwrap();
     // Migrations are idempotent.
     store.migrate().await.unwrap();
-    test(store).await;
+    test(store, url).await;
 }
 
-async fn with_postgres<F, Fut>(test: F)
+async fn with_postgres_url<F, Fut>(test: F)
 where
-    F: FnOnce(Store) -> Fut,
+    F: FnOnce(Store, String) -> Fut,
     Fut: Future<Output = ()>,
 {
     let admin_url = std::env::var("BROADCAST_TEST_POSTGRES_URL")
@@ -70,7 +86,7 @@ where
     let store = Store::connect(&url).await.unwrap();
     store.migrate().await.unwrap();
     store.migrate().await.unwrap();
-    test(store.clone()).await;
+    test(store.clone(), url).await;
     store.close().await;
     sqlx::query(sqlx::AssertSqlSafe(format!("DROP DATABASE {} WITH (FORCE)", guard.name)))
         .execute(&admin)
@@ -114,7 +130,19 @@ conformance!(
     withdraw_cancels_pending,
     bad_input_is_refused_and_nothing_stored,
     feed_state_tracks_health,
+    overrides_apply_to_their_revision_and_are_audited,
 );
+
+mod audit_tampering {
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn sqlite() {
+        super::with_sqlite_url(super::audit_detects_tampering).await
+    }
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn postgres() {
+        super::with_postgres_url(super::audit_detects_tampering).await
+    }
+}
 
 async fn advisories_dedupe_and_revise(s: Store) {
     let a = advisory("guid-1", "Widget RCE");
@@ -625,4 +653,116 @@ async fn feed_state_tracks_health(s: Store) {
 async fn bad_url_names_the_url() {
     let err = Store::connect("mysql://localhost/db").await.err().unwrap();
     assert!(err.to_string().contains("mysql://localhost/db"), "{err}");
+}
+
+async fn assessed(s: &Store, ext: &str, relevant: bool) -> AdvisoryId {
+    let u = s.upsert_advisory(&advisory(ext, ext), t0()).await.unwrap();
+    s.save_assessment(
+        &Assessment {
+            advisory_id: u.id.clone(),
+            advisory_revision: u.revision,
+            relevant,
+            threat_level: ThreatLevel::Medium,
+            score: 4.0,
+            reasons: vec!["probable product match: X".into()],
+        },
+        t0(),
+    )
+    .await
+    .unwrap();
+    u.id
+}
+
+async fn overrides_apply_to_their_revision_and_are_audited(s: Store) {
+    let (alice, _, _) = setup_people(&s).await;
+    let id = assessed(&s, "ov-1", true).await;
+    let err = s.override_assessment(&id, Some(false), None, "  ", &alice.id, t0()).await.unwrap_err();
+    assert!(err.to_string().contains("reason is required"), "{err}");
+    let c = s
+        .override_assessment(
+            &id,
+            Some(false),
+            Some(ThreatLevel::Low),
+            "consumer product, not used in the NHS",
+            &alice.id,
+            t0(),
+        )
+        .await
+        .unwrap();
+    assert!(!c.assessment.relevant);
+    assert_eq!(c.assessment.threat_level, ThreatLevel::Low);
+    assert_eq!(c.assessment.reasons[0], "overridden by alice: consumer product, not used in the NHS");
+    assert_eq!(c.override_info.as_ref().unwrap().analyst, "alice");
+    assert!(s.list_candidates(&CandidateFilter::default()).await.unwrap().is_empty());
+    let all = s.list_candidates(&CandidateFilter { include_irrelevant: true, limit: None }).await.unwrap();
+    assert_eq!(
+        all[0].assessment.reasons[1], "probable product match: X",
+        "triage's own reasons stay visible"
+    );
+    // A second override replaces the first.
+    let c = s
+        .override_assessment(&id, Some(true), None, "used by two trusts after all", &alice.id, t0())
+        .await
+        .unwrap();
+    assert!(c.assessment.relevant);
+    assert_eq!(c.assessment.threat_level, ThreatLevel::Medium, "level not overridden this time");
+
+    // A new revision is assessed afresh: the override belonged to the old one.
+    let mut changed = advisory("ov-1", "ov-1");
+    changed.summary = "now with more detail".into();
+    s.upsert_advisory(&changed, t0() + Duration::hours(1)).await.unwrap();
+    assert!(s.candidate(&id).await.unwrap().is_none(), "not assessed yet");
+
+    let log = s.audit_entries(0, 100).await.unwrap();
+    let overrides: Vec<&AuditEntry> = log.iter().filter(|e| e.action == "triage.override").collect();
+    assert_eq!(overrides.len(), 2);
+    assert_eq!(overrides[0].actor, alice.id.to_string());
+    assert!(overrides[0].details.contains("consumer product"), "{}", overrides[0].details);
+    let check = s.verify_audit().await.unwrap();
+    assert_eq!((check.entries, check.broken), (2, None));
+}
+
+async fn audit_detects_tampering(s: Store, url: String) {
+    let (alice, bob, _) = setup_people(&s).await;
+    let b = s
+        .create_bulletin(&content("Audited", Tlp::Clear, ThreatLevel::High), &[], &alice.id, "HCB", t0())
+        .await
+        .unwrap();
+    for (who, action) in [(&alice, Action::Submit), (&bob, Action::Approve), (&alice, Action::Publish)] {
+        s.transition_bulletin(b.id.as_str(), action, &who.id, None, None, t0()).await.unwrap();
+    }
+    let log = s.audit_entries(0, 100).await.unwrap();
+    let actions: Vec<&str> = log.iter().map(|e| e.action.as_str()).collect();
+    assert_eq!(actions, vec!["bulletin.create", "bulletin.submit", "bulletin.approve", "bulletin.publish"]);
+    assert_eq!(log[2].actor, bob.id.to_string());
+    assert_eq!(s.verify_audit().await.unwrap(), AuditCheck { entries: 4, broken: None });
+
+    let raw = |sql: &'static str| {
+        let url = url.clone();
+        async move {
+            if url.starts_with("sqlite") {
+                let p = sqlx::SqlitePool::connect(&url).await.unwrap();
+                sqlx::query(sql).execute(&p).await.unwrap();
+                p.close().await;
+            } else {
+                let p = sqlx::PgPool::connect(&url).await.unwrap();
+                sqlx::query(sql).execute(&p).await.unwrap();
+                p.close().await;
+            }
+        }
+    };
+    // Edited.
+    raw("UPDATE audit_log SET actor = 'usr_someone_else' WHERE seq = 3").await;
+    let check = s.verify_audit().await.unwrap();
+    assert_eq!(check.broken.as_ref().map(|b| b.0), Some(3));
+    assert!(check.broken.unwrap().1.contains("edited"));
+    // Deleted from the middle (after restoring the edit would not help: delete instead).
+    raw("DELETE FROM audit_log WHERE seq = 3").await;
+    let check = s.verify_audit().await.unwrap();
+    assert_eq!(check.broken.as_ref().map(|b| b.0), Some(4));
+    assert!(check.broken.unwrap().1.contains("missing"));
+    // Deleted at the end: caught by the head.
+    raw("DELETE FROM audit_log WHERE seq >= 3").await;
+    let check = s.verify_audit().await.unwrap();
+    assert!(check.broken.unwrap().1.contains("deleted"));
 }
