@@ -114,6 +114,8 @@ pub fn router(app: App) -> Router {
         .route("/api/me", get(me))
         .route("/api/candidates", get(candidates))
         .route("/api/advisories/{id}", get(advisory))
+        .route("/api/advisories/{id}/override", post(override_assessment))
+        .route("/api/audit", get(audit_log))
         .route("/api/bulletins", get(list_bulletins).post(create_bulletin))
         .route("/api/bulletins/{key}", get(get_bulletin).put(edit_bulletin))
         .route("/api/bulletins/{key}/preview", get(preview))
@@ -158,7 +160,8 @@ async fn candidates(
             limit: q.limit.map(|l| l.clamp(1, 5000)),
         })
         .await?;
-    Ok(Json(json!({ "candidates": list })))
+    let groups = app.group_candidates(&list);
+    Ok(Json(json!({ "candidates": list, "groups": groups })))
 }
 
 fn parse<T: std::str::FromStr>(s: &str) -> ApiResult<T>
@@ -172,8 +175,54 @@ async fn advisory(State(app): State<App>, _: Authed, Path(id): Path<String>) -> 
     let id: AdvisoryId = parse(&id)?;
     let adv = app.store.get_advisory(&id).await?;
     let revisions = app.store.advisory_revisions(&id).await?;
-    let assessment = app.store.latest_assessment(&id).await?;
-    Ok(Json(json!({ "advisory": adv, "assessment": assessment, "revisions": revisions })))
+    let candidate = app.store.candidate(&id).await?;
+    let (assessment, override_info) = match candidate {
+        Some(c) => (Some(c.assessment), c.override_info),
+        None => (None, None),
+    };
+    Ok(Json(
+        json!({ "advisory": adv, "assessment": assessment, "override": override_info, "revisions": revisions }),
+    ))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct OverrideBody {
+    relevant: Option<bool>,
+    threat_level: Option<String>,
+    reason: String,
+}
+
+/// An analyst corrects triage's verdict on the advisory's current revision; the reason is
+/// required, stored and audited.
+async fn override_assessment(
+    State(app): State<App>,
+    Authed(a): Authed,
+    Path(id): Path<String>,
+    JsonBody(req): JsonBody<OverrideBody>,
+) -> ApiResult<Json<Value>> {
+    let id: AdvisoryId = parse(&id)?;
+    let level = req.threat_level.as_deref().map(parse::<ThreatLevel>).transpose()?;
+    let c = app.store.override_assessment(&id, req.relevant, level, &req.reason, &a.id, Utc::now()).await?;
+    tracing::info!(advisory.id = %id, analyst = %a.name, relevant = ?req.relevant, level = ?level, "triage overridden");
+    Ok(Json(json!(c)))
+}
+
+#[derive(Deserialize)]
+struct AuditQuery {
+    #[serde(default)]
+    after: i64,
+    limit: Option<i64>,
+}
+
+async fn audit_log(
+    State(app): State<App>,
+    Authed(a): Authed,
+    Query(q): Query<AuditQuery>,
+) -> ApiResult<Json<Value>> {
+    require(&a, a.role.can_administer(), "read the audit log")?;
+    let entries = app.store.audit_entries(q.after, q.limit.unwrap_or(200).clamp(1, 1000)).await?;
+    Ok(Json(json!({ "entries": entries })))
 }
 
 #[derive(Deserialize)]

@@ -111,6 +111,30 @@ impl App {
             .await
     }
 
+    /// Storm control: candidates folded into groups per vendor/product (see
+    /// `broadcast_triage::group`), worst first.
+    pub fn group_candidates(
+        &self,
+        list: &[broadcast_store::Candidate],
+    ) -> Vec<broadcast_triage::group::Group> {
+        let items = list
+            .iter()
+            .map(|c| broadcast_triage::group::Item {
+                id: c.advisory.id.to_string(),
+                key: broadcast_triage::group_key(&c.advisory),
+                level: c.assessment.threat_level,
+                score: c.assessment.score,
+                changed_at: c.advisory.last_changed,
+            })
+            .collect();
+        let t = &self.settings.triage;
+        broadcast_triage::group::group(
+            items,
+            chrono::Duration::minutes(t.storm_window_minutes),
+            t.storm_min_burst,
+        )
+    }
+
     /// The context a preview renders with: a sample recipient, the real links.
     pub fn preview_context(&self, b: &Bulletin) -> EmailContext {
         EmailContext {

@@ -42,8 +42,12 @@ pub enum Command {
         #[arg(long)]
         json: bool,
     },
-    /// Show one advisory with its revisions and assessment.
-    Advisory { id: String },
+    /// Show an advisory, or override triage's verdict on it.
+    #[command(subcommand)]
+    Advisory(AdvisoryCmd),
+    /// The hash-chained audit log.
+    #[command(subcommand)]
+    Audit(AuditCmd),
     /// Draft, review and publish bulletins.
     #[command(subcommand)]
     Bulletin(BulletinCmd),
@@ -78,6 +82,37 @@ pub enum Command {
         /// Run this feed once (by id).
         #[arg(long)]
         once: String,
+    },
+}
+
+#[derive(Subcommand)]
+pub enum AdvisoryCmd {
+    /// The advisory, its revisions and its assessment.
+    Show { id: String },
+    /// Correct triage's verdict on the current revision (stored and audited).
+    Override {
+        id: String,
+        #[arg(long = "as")]
+        actor: String,
+        #[arg(long)]
+        relevant: Option<bool>,
+        #[arg(long)]
+        level: Option<String>,
+        #[arg(long)]
+        reason: String,
+    },
+}
+
+#[derive(Subcommand)]
+pub enum AuditCmd {
+    /// Recompute the chain; fails naming the first edited, inserted or deleted entry.
+    Verify,
+    /// Print entries after a sequence number.
+    List {
+        #[arg(long, default_value_t = 0)]
+        after: i64,
+        #[arg(long, default_value_t = 100)]
+        limit: i64,
     },
 }
 
@@ -308,7 +343,20 @@ async fn execute(cli: Cli) -> Result<()> {
             } else if list.is_empty() {
                 println!("no candidates yet");
             } else {
-                for c in list {
+                // Bursts for one vendor/product are shown once, with a count and the worst on top.
+                let groups = app.group_candidates(&list);
+                let folded: std::collections::HashSet<String> = groups
+                    .iter()
+                    .filter(|g| g.count > 1)
+                    .flat_map(|g| g.members.iter().skip(1).map(|m| m.id.clone()))
+                    .collect();
+                for g in groups.iter().filter(|g| g.count > 1) {
+                    println!(
+                        "[{} advisories for {}; the worst is listed below, `--json` lists them all]",
+                        g.count, g.key
+                    );
+                }
+                for c in list.into_iter().filter(|c| !folded.contains(c.advisory.id.as_str())) {
                     println!(
                         "{:>6.2}  {:<11} {}  {}\n        {}",
                         c.assessment.score,
@@ -320,17 +368,52 @@ async fn execute(cli: Cli) -> Result<()> {
                 }
             }
         }
-        Command::Advisory { id } => {
+        Command::Advisory(AdvisoryCmd::Show { id }) => {
             let id: AdvisoryId = id.parse()?;
             let adv = app.store.get_advisory(&id).await?;
-            let assessment = app.store.latest_assessment(&id).await?;
+            let candidate = app.store.candidate(&id).await?;
             let revisions = app.store.advisory_revisions(&id).await?;
+            let (assessment, override_info) = match candidate {
+                Some(c) => (Some(c.assessment), c.override_info),
+                None => (None, None),
+            };
+            let shown = json!({ "advisory": adv, "assessment": assessment, "override": override_info, "revisions": revisions });
+            println!("{}", serde_json::to_string_pretty(&shown)?);
+        }
+        Command::Advisory(AdvisoryCmd::Override { id, actor, relevant, level, reason }) => {
+            let id: AdvisoryId = id.parse()?;
+            let analyst = app.store.analyst_by_name(&actor).await?;
+            let level: Option<ThreatLevel> = level.as_deref().map(str::parse).transpose()?;
+            let c = app.store.override_assessment(&id, relevant, level, &reason, &analyst.id, now).await?;
             println!(
-                "{}",
-                serde_json::to_string_pretty(
-                    &json!({ "advisory": adv, "assessment": assessment, "revisions": revisions })
-                )?
+                "{}: relevant {}, {} ({})",
+                c.advisory.id, c.assessment.relevant, c.assessment.threat_level, c.assessment.reasons[0]
             );
+        }
+        Command::Audit(AuditCmd::Verify) => {
+            let check = app.store.verify_audit().await?;
+            match check.broken {
+                None => println!("audit log intact: {} entries, every hash chains", check.entries),
+                Some((seq, why)) => {
+                    bail!(
+                        "audit log broken at entry {seq}: {why} ({} entries check out before it)",
+                        check.entries
+                    )
+                }
+            }
+        }
+        Command::Audit(AuditCmd::List { after, limit }) => {
+            for e in app.store.audit_entries(after, limit).await? {
+                println!(
+                    "{:>6}  {}  {:<22} {:<36} {:<20} {}",
+                    e.seq,
+                    e.at.to_rfc3339(),
+                    e.action,
+                    e.actor,
+                    e.subject,
+                    e.details
+                );
+            }
         }
         Command::Bulletin(cmd) => bulletin(&app, cmd).await?,
         Command::Org(cmd) => match cmd {

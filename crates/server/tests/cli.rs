@@ -202,7 +202,8 @@ fn collect_draft_and_four_eyes_from_the_command_line() {
     assert_eq!(list.len(), 18);
     let revised = list.iter().find(|c| c["advisory"]["revision"] == 2).expect("one advisory at revision 2");
     let shown: serde_json::Value =
-        serde_json::from_str(&e.ok(&["advisory", revised["advisory"]["id"].as_str().unwrap()])).unwrap();
+        serde_json::from_str(&e.ok(&["advisory", "show", revised["advisory"]["id"].as_str().unwrap()]))
+            .unwrap();
     assert_eq!(shown["revisions"].as_array().unwrap().len(), 2);
     assert_eq!(shown["assessment"]["advisory_revision"], 2, "the new revision was triaged again");
 
@@ -248,4 +249,75 @@ fn a_malformed_feed_fails_loudly_and_stores_nothing() {
     assert!(e.ok(&["candidates", "--all"]).contains("no candidates yet"));
     let err = e.fails(&["collect", "--once", "nope"]);
     assert!(err.contains("no feed `nope`"), "{err}");
+}
+
+#[test]
+fn triage_eval_reports_metrics_and_misses() {
+    let e = Env::new("");
+    let fixtures = repo().join("crates/collect/tests/fixtures");
+    let labels = e.dir.path().join("labels.csv");
+    std::fs::write(
+        &labels,
+        format!(
+            "file,label_health,title\n{m},1,\"Philips Vue PACS, medical\"\n{i},0,Schneider InTouch\n",
+            m = fixtures.join("icsma-24-200-01.json").display(),
+            i = fixtures.join("icsa-17-089-01.json").display()
+        ),
+    )
+    .unwrap();
+    let out = e.ok(&["triage", "eval", "--labels", labels.to_str().unwrap()]);
+    assert!(out.contains("triage evaluation of 2 documents (1 labelled relevant, 1 not)"), "{out}");
+    assert!(out.contains("precision 1.000   recall 1.000   F1 1.000"), "{out}");
+    assert!(out.contains("labelled relevant                        1               0"), "{out}");
+    assert!(out.contains("misses (labelled relevant, predicted not): 0"), "{out}");
+    let err = e.fails(&["triage", "eval", "--labels", labels.to_str().unwrap(), "--require-recall", "1.01"]);
+    assert!(err.contains("below the required recall/precision"), "{err}");
+
+    std::fs::write(
+        &labels,
+        format!("file,label\n{},maybe\n", fixtures.join("icsa-17-089-01.json").display()),
+    )
+    .unwrap();
+    let err = e.fails(&["triage", "eval", "--labels", labels.to_str().unwrap()]);
+    assert!(err.contains("row 2: label `maybe` is not 0 or 1"), "{err}");
+    std::fs::write(&labels, "file,label\nnowhere.json,1\n").unwrap();
+    let err = e.fails(&["triage", "eval", "--labels", labels.to_str().unwrap()]);
+    assert!(err.contains("document `nowhere.json` not found"), "{err}");
+}
+
+#[test]
+fn overrides_are_stored_shown_and_audited() {
+    let e = Env::new("");
+    e.ok(&["analyst", "add", "alice"]);
+    e.ok(&["collect", "--once", "medical"]);
+    let cands: serde_json::Value = serde_json::from_str(&e.ok(&["candidates", "--json"])).unwrap();
+    let id = cands["candidates"][0]["advisory"]["id"].as_str().unwrap().to_owned();
+    let before = cands["candidates"].as_array().unwrap().len();
+    let err = e.fails(&["advisory", "override", &id, "--as", "alice", "--relevant", "false", "--reason", ""]);
+    assert!(err.contains("a reason is required"), "{err}");
+    let out = e.ok(&[
+        "advisory",
+        "override",
+        &id,
+        "--as",
+        "alice",
+        "--relevant",
+        "false",
+        "--level",
+        "Low",
+        "--reason",
+        "not deployed in any subscriber",
+    ]);
+    assert!(
+        out.contains("relevant false, Low (overridden by alice: not deployed in any subscriber)"),
+        "{out}"
+    );
+    let after: serde_json::Value = serde_json::from_str(&e.ok(&["candidates", "--json"])).unwrap();
+    assert_eq!(after["candidates"].as_array().unwrap().len(), before - 1);
+    let shown: serde_json::Value = serde_json::from_str(&e.ok(&["advisory", "show", &id])).unwrap();
+    assert_eq!(shown["override"]["analyst"], "alice");
+    assert_eq!(shown["assessment"]["relevant"], false);
+    let log = e.ok(&["audit", "list"]);
+    assert!(log.contains("triage.override") && log.contains(&id), "{log}");
+    assert!(e.ok(&["audit", "verify"]).contains("audit log intact: 1 entries"));
 }

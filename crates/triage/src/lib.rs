@@ -58,12 +58,15 @@ pub use watchlist::{Category, Entry, Kind, Rules, RulesError, Tuning, Watchlist}
 
 use broadcast_core::{Advisory, Assessment, BulletinContent, ThreatLevel, Tlp};
 
-/// The key storm control groups by: the first affected vendor and product, lower-cased, or
-/// the source when the advisory names no product.
+/// The key storm control groups by: the first affected vendor and product, lower-cased. An
+/// advisory that names no product in structured form (most RSS items) is its own group:
+/// folding unrelated items from one feed together would hide them.
 pub fn group_key(adv: &Advisory) -> String {
     match adv.content.affected.first() {
-        Some(a) => format!("{}/{}", a.vendor.trim(), a.product.trim()).to_lowercase(),
-        None => format!("source:{}", adv.content.source),
+        Some(a) if !(a.vendor.trim().is_empty() && a.product.trim().is_empty()) => {
+            format!("{}/{}", a.vendor.trim(), a.product.trim()).to_lowercase()
+        }
+        _ => format!("advisory:{}", adv.id),
     }
 }
 
