@@ -1,2 +1,3 @@
 pub mod csaf;
+pub mod nvd;
 pub mod rss;
