@@ -252,6 +252,9 @@ transport = "smtp"
 host = "127.0.0.1"
 port = {smtp_port}
 tls = "none"
+[webhook]
+# The test receiver is on loopback, which the SSRF guard refuses unless allowed.
+allow_networks = ["127.0.0.0/8"]
 [delivery]
 poll_interval_ms = 200
 retry_delays_secs = [1, 1, 1]

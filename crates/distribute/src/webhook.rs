@@ -1,8 +1,10 @@
 //! Webhook delivery with reqwest, signed per Standard Webhooks.
 
 use crate::sign::sign;
+use crate::ssrf::{AddressPolicy, GuardedResolver, Refused};
 use crate::{Channel, DeliveryError, Receipt, excerpt};
 use serde::Deserialize;
+use std::sync::Arc;
 use std::time::Duration;
 
 fn default_timeout() -> u64 {
@@ -20,11 +22,19 @@ pub struct WebhookSettings {
     pub timeout_secs: u64,
     #[serde(default = "default_connect")]
     pub connect_timeout_secs: u64,
+    /// Networks webhooks may reach although they are loopback, private, link-local and so
+    /// on (CIDR or single addresses). Empty by default: only public addresses.
+    #[serde(default)]
+    pub allow_networks: Vec<String>,
 }
 
 impl Default for WebhookSettings {
     fn default() -> Self {
-        WebhookSettings { timeout_secs: default_timeout(), connect_timeout_secs: default_connect() }
+        WebhookSettings {
+            timeout_secs: default_timeout(),
+            connect_timeout_secs: default_connect(),
+            allow_networks: Vec::new(),
+        }
     }
 }
 
@@ -42,19 +52,25 @@ pub struct WebhookMessage {
 
 pub struct WebhookChannel {
     client: reqwest::Client,
+    policy: Arc<AddressPolicy>,
 }
 
 impl WebhookChannel {
-    /// Needs a rustls crypto provider installed. Redirects are never followed: a receiver
-    /// that moved must be re-registered, not chased.
-    pub fn new(s: &WebhookSettings) -> Result<WebhookChannel, reqwest::Error> {
+    /// Needs a rustls crypto provider installed. Redirects are never followed (a receiver
+    /// that moved must be re-registered, not chased), no proxy is used, and every address is
+    /// checked by the SSRF guard as it is dialled.
+    pub fn new(s: &WebhookSettings) -> Result<WebhookChannel, String> {
+        let policy = Arc::new(AddressPolicy::new(&s.allow_networks)?);
         let client = reqwest::Client::builder()
+            .dns_resolver(Arc::new(GuardedResolver::new(policy.clone())))
+            .no_proxy()
             .user_agent(concat!("Broadcast-Webhooks/", env!("CARGO_PKG_VERSION")))
             .timeout(Duration::from_secs(s.timeout_secs))
             .connect_timeout(Duration::from_secs(s.connect_timeout_secs))
             .redirect(reqwest::redirect::Policy::none())
-            .build()?;
-        Ok(WebhookChannel { client })
+            .build()
+            .map_err(|e| format!("webhook client: {e}"))?;
+        Ok(WebhookChannel { client, policy })
     }
 }
 
@@ -62,6 +78,9 @@ impl Channel for WebhookChannel {
     type Message = WebhookMessage;
 
     async fn deliver(&self, m: &WebhookMessage) -> Result<Receipt, DeliveryError> {
+        let url = url::Url::parse(&m.url)
+            .map_err(|e| DeliveryError::Permanent(format!("`{}` is not a URL: {e}", m.url)))?;
+        self.policy.check_url(&url).map_err(|r| DeliveryError::Permanent(r.to_string()))?;
         let signature = sign(&m.secret, &m.id, m.timestamp, m.body.as_bytes())
             .map_err(|e| DeliveryError::Permanent(format!("endpoint secret unusable: {e}")))?;
         let resp = self
@@ -74,7 +93,11 @@ impl Channel for WebhookChannel {
             .body(m.body.clone())
             .send()
             .await
-            .map_err(|e| DeliveryError::Transient(excerpt(&describe(&e), 500)))?;
+            .map_err(|e| match refused(&e) {
+                // A policy refusal will not change by retrying.
+                Some(r) => DeliveryError::Permanent(r.to_string()),
+                None => DeliveryError::Transient(excerpt(&describe(&e), 500)),
+            })?;
         let status = resp.status();
         let text = resp.text().await.unwrap_or_default();
         let detail = format!("HTTP {}: {}", status.as_u16(), excerpt(text.trim(), 200));
@@ -92,4 +115,16 @@ fn describe(e: &reqwest::Error) -> String {
     } else {
         broadcast_core::error_chain(e)
     }
+}
+
+/// The SSRF refusal inside a reqwest error, if that is what stopped the request.
+fn refused(e: &reqwest::Error) -> Option<Refused> {
+    let mut src: Option<&(dyn std::error::Error + 'static)> = Some(e);
+    while let Some(inner) = src {
+        if let Some(r) = inner.downcast_ref::<Refused>() {
+            return Some(r.clone());
+        }
+        src = inner.source();
+    }
+    None
 }

@@ -42,7 +42,13 @@ async fn receiver(seen: Seen) -> String {
 async fn webhooks_are_signed_and_statuses_classified() {
     let seen: Seen = Arc::default();
     let base = receiver(seen.clone()).await;
-    let ch = WebhookChannel::new(&WebhookSettings::default()).unwrap();
+    // The receiver is on loopback, which the SSRF guard refuses unless allowed.
+    let guarded = WebhookChannel::new(&WebhookSettings::default()).unwrap();
+    let ch = WebhookChannel::new(&WebhookSettings {
+        allow_networks: vec!["127.0.0.0/8".into()],
+        ..Default::default()
+    })
+    .unwrap();
     let secret = secret_from_bytes(&[9; 24]);
     let msg = |path: &str| WebhookMessage {
         id: "dlv_abc".into(),
@@ -51,6 +57,15 @@ async fn webhooks_are_signed_and_statuses_classified() {
         body: r#"{"type":"bulletin.published"}"#.into(),
         timestamp: 1_700_000_000,
     };
+    let refused = guarded.deliver(&msg("/ok")).await.unwrap_err();
+    assert!(refused.is_permanent());
+    assert!(refused.to_string().starts_with("SSRF guard: 127.0.0.1 is a loopback address"), "{refused}");
+    // A name is checked as it resolves: localhost is refused too (the dialled address is the checked one).
+    let mut by_name = msg("/ok");
+    by_name.url = by_name.url.replace("127.0.0.1", "localhost");
+    let refused = guarded.deliver(&by_name).await.unwrap_err();
+    assert!(refused.is_permanent() && refused.to_string().contains("localhost ("), "{refused}");
+    assert!(seen.lock().unwrap().is_empty(), "nothing reached the receiver");
     let r = ch.deliver(&msg("/ok")).await.unwrap();
     assert_eq!(r.detail, "HTTP 200: thanks");
     let (h, body) = seen.lock().unwrap()[0].clone();

@@ -449,7 +449,7 @@ async fn add_endpoint(
     JsonBody(req): JsonBody<NewEndpoint>,
 ) -> ApiResult<(StatusCode, Json<Value>)> {
     require(&a, a.role.can_administer(), "manage endpoints")?;
-    crate::validate_webhook_url(&req.url).map_err(ApiError::BadRequest)?;
+    app.check_endpoint_url(&req.url).map_err(ApiError::BadRequest)?;
     let secret = match req.secret {
         Some(s) => {
             broadcast_distribute::sign::validate_secret(&s)

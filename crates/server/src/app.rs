@@ -53,7 +53,16 @@ impl App {
     }
 
     pub fn webhook_channel(&self) -> Result<WebhookChannel> {
-        Ok(WebhookChannel::new(&self.settings.webhook)?)
+        WebhookChannel::new(&self.settings.webhook).map_err(anyhow::Error::msg)
+    }
+
+    /// Checks a webhook URL an organisation registers: http(s), a host, no credentials, and
+    /// — for IP literals — the SSRF guard now (hostnames are checked each time they resolve).
+    pub fn check_endpoint_url(&self, raw: &str) -> Result<(), String> {
+        crate::validate_webhook_url(raw)?;
+        let policy = broadcast_distribute::ssrf::AddressPolicy::new(&self.settings.webhook.allow_networks)?;
+        let url = url::Url::parse(raw.trim()).map_err(|e| e.to_string())?;
+        policy.check_url(&url).map_err(|e| e.to_string())
     }
 
     /// Public link to a bulletin.

@@ -451,7 +451,7 @@ async fn execute(cli: Cli) -> Result<()> {
             println!("{}", c.id);
         }
         Command::Endpoint(EndpointCmd::Add { org, url, secret }) => {
-            crate::validate_webhook_url(&url).map_err(anyhow::Error::msg)?;
+            app.check_endpoint_url(&url).map_err(anyhow::Error::msg)?;
             let (secret, show) = match secret {
                 Some(s) => {
                     broadcast_distribute::sign::validate_secret(&s)?;

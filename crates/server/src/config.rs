@@ -243,6 +243,8 @@ impl Settings {
             bail!("collect.max_body_bytes: must be at least 1024");
         }
         self.triage_rules()?;
+        broadcast_distribute::ssrf::AddressPolicy::new(&self.webhook.allow_networks)
+            .map_err(anyhow::Error::msg)?;
         if self.triage.storm_min_burst < 2 || self.triage.storm_window_minutes < 1 {
             bail!("triage.storm_min_burst must be at least 2 and triage.storm_window_minutes at least 1");
         }

@@ -154,6 +154,8 @@ fn subscribers_are_managed_and_bad_input_stores_nothing() {
     );
     let err = e.fails(&["endpoint", "add", &org, "ftp://soc.northshire.nhs.uk/hook"]);
     assert!(err.contains("`ftp://soc.northshire.nhs.uk/hook` is not an http(s) URL"), "{err}");
+    let err = e.fails(&["endpoint", "add", &org, "http://169.254.169.254/latest/meta-data"]);
+    assert!(err.contains("SSRF guard: 169.254.169.254 is a link-local address"), "{err}");
     let out = e.ok(&["endpoint", "add", &org, "https://soc.northshire.nhs.uk/hook"]);
     let lines: Vec<&str> = out.lines().collect();
     assert!(lines[0].starts_with("ep_") && lines[1].starts_with("whsec_"), "{out}");
