@@ -15,7 +15,6 @@ use serde_json::{Value, json};
 use std::net::TcpListener as StdListener;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -36,12 +35,40 @@ fn broadcast_bin() -> PathBuf {
     let exe = std::env::current_exe().unwrap();
     let profile_dir = exe.parent().unwrap().parent().unwrap();
     let bin = profile_dir.join("broadcast");
+    // `cargo test -p broadcast-tests` alone does not rebuild the binary; refuse to test a
+    // stale one rather than report on old code.
+    if let (Ok(built), Some(newest)) =
+        (bin.metadata().and_then(|m| m.modified()), newest_source(&repo().join("crates")))
+    {
+        assert!(
+            built >= newest,
+            "{} is older than the source: run `cargo build -p broadcast-server` first (or `cargo test --workspace`)",
+            bin.display()
+        );
+    }
     assert!(
         bin.is_file(),
         "{} not found: build it with `cargo build -p broadcast-server` (cargo test --workspace builds it)",
         bin.display()
     );
     bin
+}
+
+/// The newest modification time of any source or migration under `dir`.
+fn newest_source(dir: &Path) -> Option<std::time::SystemTime> {
+    let mut newest = None;
+    for e in std::fs::read_dir(dir).ok()? {
+        let p = e.ok()?.path();
+        let t = if p.is_dir() {
+            if p.ends_with("tests") || p.ends_with("target") { None } else { newest_source(&p) }
+        } else if p.extension().is_some_and(|x| x == "rs" || x == "sql") {
+            p.metadata().and_then(|m| m.modified()).ok()
+        } else {
+            None
+        };
+        newest = newest.max(t);
+    }
+    newest
 }
 
 fn free_port() -> u16 {
@@ -86,7 +113,7 @@ async fn start_feed_server() -> String {
 /// A SOC's receiver: verifies the Standard Webhooks signature of every request with the
 /// secret registered for that path. `/flaky` answers 503 to its first request.
 async fn start_receiver(seen: Arc<Mutex<Vec<Hook>>>) -> String {
-    let flaky_calls = Arc::new(AtomicUsize::new(0));
+    let flaky_calls: Arc<Mutex<std::collections::HashMap<&'static str, usize>>> = Arc::default();
     let handler = move |path: &'static str, secret: &'static str| {
         let seen = seen.clone();
         let flaky_calls = flaky_calls.clone();
@@ -114,18 +141,30 @@ async fn start_receiver(seen: Arc<Mutex<Vec<Hook>>>) -> String {
                     signature_valid: ok,
                 });
                 if !ok {
-                    return StatusCode::UNAUTHORIZED;
+                    return StatusCode::UNAUTHORIZED.into_response();
                 }
-                if path == "/flaky" && flaky_calls.fetch_add(1, Ordering::SeqCst) == 0 {
-                    return StatusCode::SERVICE_UNAVAILABLE;
+                let first_call = {
+                    let mut calls = flaky_calls.lock().unwrap();
+                    let n = calls.entry(path).or_insert(0);
+                    *n += 1;
+                    *n == 1
+                };
+                match path {
+                    "/flaky" if first_call => StatusCode::SERVICE_UNAVAILABLE.into_response(),
+                    "/throttled" if first_call => {
+                        (StatusCode::TOO_MANY_REQUESTS, [("retry-after", "1")], "slow down").into_response()
+                    }
+                    "/gone" => StatusCode::GONE.into_response(),
+                    _ => StatusCode::NO_CONTENT.into_response(),
                 }
-                StatusCode::NO_CONTENT
             }
         }
     };
     let app = axum::Router::new()
         .route("/soc", post(handler("/soc", SOC_SECRET)))
-        .route("/flaky", post(handler("/flaky", FLAKY_SECRET)));
+        .route("/flaky", post(handler("/flaky", FLAKY_SECRET)))
+        .route("/throttled", post(handler("/throttled", SOC_SECRET)))
+        .route("/gone", post(handler("/gone", SOC_SECRET)));
     let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = l.local_addr().unwrap();
     tokio::spawn(async move { axum::serve(l, app).await.unwrap() });
@@ -327,7 +366,9 @@ schedule = "*/2 * * * * *"
         json!({ "email": "it@meadowbank.test" }),
     )
     .await;
-    for (path, secret) in [("/soc", SOC_SECRET), ("/flaky", FLAKY_SECRET)] {
+    for (path, secret) in
+        [("/soc", SOC_SECRET), ("/flaky", FLAKY_SECRET), ("/throttled", SOC_SECRET), ("/gone", SOC_SECRET)]
+    {
         let (s, v) = api
             .post(
                 ADMIN_TOKEN,
@@ -409,7 +450,7 @@ schedule = "*/2 * * * * *"
     assert_eq!((s, v["bulletin"]["state"].as_str()), (StatusCode::OK, Some("approved")), "{v}");
     let (s, v) = api.post(&alice, &format!("/api/bulletins/{reference}/publish"), json!({})).await;
     assert_eq!(s, StatusCode::OK, "{v}");
-    assert_eq!(v["deliveries_created"], 5, "2 trust contacts + 2 endpoints + 1 care-home contact: {v}");
+    assert_eq!(v["deliveries_created"], 7, "2 trust contacts + 4 endpoints + 1 care-home contact: {v}");
 
     // Everything reaches a terminal state: delivered, or suppressed for the uncleared org.
     let status = wait_for("deliveries to finish", 60, || async {
@@ -417,7 +458,8 @@ schedule = "*/2 * * * * *"
         (v["counts"]["pending"] == 0).then_some(v)
     })
     .await;
-    assert_eq!(status["counts"]["delivered"], 4, "{status}");
+    assert_eq!(status["counts"]["delivered"], 5, "{status}");
+    assert_eq!(status["counts"]["failed"], 1, "{status}");
     assert_eq!(status["counts"]["suppressed"], 1, "{status}");
     let rows = status["deliveries"].as_array().unwrap();
     let suppressed = rows.iter().find(|d| d["state"] == "suppressed").unwrap();
@@ -430,6 +472,32 @@ schedule = "*/2 * * * * *"
         "{flaky}"
     );
     let flaky_id = flaky["id"].as_str().unwrap();
+    // 410 Gone: failed for good, and the endpoint is disabled.
+    let gone = rows.iter().find(|d| d["address"].as_str().unwrap().ends_with("/gone")).unwrap();
+    assert_eq!(gone["state"], "failed");
+    assert!(
+        gone["reason"].as_str().unwrap().starts_with("HTTP 410")
+            && gone["reason"].as_str().unwrap().ends_with("(endpoint disabled)"),
+        "{gone}"
+    );
+    let org = api.get(ADMIN_TOKEN, &format!("/api/organisations/{trust_id}")).await;
+    let gone_ep = org["endpoints"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|e| e["url"].as_str().unwrap().ends_with("/gone"))
+        .unwrap();
+    assert_eq!(gone_ep["enabled"], false, "{org}");
+    // 429 with Retry-After: retried, then delivered.
+    let throttled = rows.iter().find(|d| d["address"].as_str().unwrap().ends_with("/throttled")).unwrap();
+    assert_eq!(
+        (throttled["state"].as_str(), throttled["attempts"].as_i64()),
+        (Some("delivered"), Some(2)),
+        "{throttled}"
+    );
+    let t_attempts =
+        api.get(&alice, &format!("/api/deliveries/{}/attempts", throttled["id"].as_str().unwrap())).await;
+    assert_eq!(t_attempts["attempts"][0]["detail"], "HTTP 429: slow down", "{t_attempts}");
     let attempts = api.get(&alice, &format!("/api/deliveries/{flaky_id}/attempts")).await;
     let outcomes: Vec<&str> =
         attempts["attempts"].as_array().unwrap().iter().map(|a| a["outcome"].as_str().unwrap()).collect();
@@ -441,6 +509,7 @@ schedule = "*/2 * * * * *"
     assert_eq!(stored["counts"], status["counts"]);
 
     // Webhooks: signed, one body per endpoint, the same webhook-id on the retry.
+    let hooks_seen = hooks.clone();
     let hooks = hooks.lock().unwrap().clone();
     assert!(hooks.iter().all(|h| h.signature_valid), "{hooks:?}");
     assert_eq!(hooks.iter().filter(|h| h.path == "/soc").count(), 1);
@@ -459,6 +528,18 @@ schedule = "*/2 * * * * *"
     assert_eq!(body["data"]["threat_level"], "High");
     assert!(body["data"]["cves"].as_array().unwrap().iter().any(|c| c == adv_cve.as_str()));
     assert_eq!(body["data"]["url"], format!("{base}/bulletins/{reference}"));
+
+    // Replay the flaky delivery through the API: sent again with the same webhook-id.
+    let (s, v) = api.post(&alice, &format!("/api/deliveries/{flaky_id}/replay"), json!({})).await;
+    assert_eq!(s, StatusCode::OK, "{v}");
+    wait_for("the replay", 30, || async {
+        let v = api.get(&alice, &format!("/api/deliveries/{flaky_id}/attempts")).await;
+        (v["delivery"]["state"] == "delivered" && v["delivery"]["attempts"] == 3).then_some(())
+    })
+    .await;
+    let replayed: Vec<String> =
+        hooks_seen.lock().unwrap().iter().filter(|h| h.path == "/flaky").map(|h| h.id.clone()).collect();
+    assert_eq!(replayed, vec![flaky_id.to_owned(); 3]);
 
     // Emails, as the SMTP server received them.
     let files: Vec<PathBuf> =

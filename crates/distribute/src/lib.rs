@@ -33,14 +33,26 @@ pub enum DeliveryError {
     /// Might work later: timeouts, connection failures, 4xx SMTP replies, HTTP 5xx/429/408.
     #[error("{0}")]
     Transient(String),
-    /// Will not work by retrying: 5xx SMTP replies, bad addresses, HTTP 4xx, 410 Gone.
+    /// Will not work by retrying: 5xx SMTP replies, bad addresses, HTTP 4xx.
     #[error("{0}")]
     Permanent(String),
+    /// The receiver asked us to wait (429 or 503 with `Retry-After`): retry no sooner than
+    /// `retry_after` (already bounded by [`RETRY_AFTER_BOUNDS`]).
+    #[error("{detail}")]
+    Throttled { detail: String, retry_after: std::time::Duration },
+    /// The receiver says the endpoint is gone for good (HTTP 410): stop sending to it.
+    #[error("{0}")]
+    Gone(String),
 }
+
+/// A `Retry-After` is honoured between these bounds: a receiver cannot make us hammer it,
+/// nor park a delivery for days.
+pub const RETRY_AFTER_BOUNDS: (std::time::Duration, std::time::Duration) =
+    (std::time::Duration::from_secs(1), std::time::Duration::from_secs(3600));
 
 impl DeliveryError {
     pub fn is_permanent(&self) -> bool {
-        matches!(self, DeliveryError::Permanent(_))
+        matches!(self, DeliveryError::Permanent(_) | DeliveryError::Gone(_))
     }
 }
 

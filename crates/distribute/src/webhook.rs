@@ -99,11 +99,18 @@ impl Channel for WebhookChannel {
                 None => DeliveryError::Transient(excerpt(&describe(&e), 500)),
             })?;
         let status = resp.status();
+        let retry_after = resp
+            .headers()
+            .get(reqwest::header::RETRY_AFTER)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| parse_retry_after(v, chrono::Utc::now()));
         let text = resp.text().await.unwrap_or_default();
         let detail = format!("HTTP {}: {}", status.as_u16(), excerpt(text.trim(), 200));
-        match status.as_u16() {
-            200..=299 => Ok(Receipt { detail }),
-            408 | 429 | 500..=599 => Err(DeliveryError::Transient(detail)),
+        match (status.as_u16(), retry_after) {
+            (200..=299, _) => Ok(Receipt { detail }),
+            (429 | 503, Some(wait)) => Err(DeliveryError::Throttled { detail, retry_after: wait }),
+            (408 | 429 | 500..=599, _) => Err(DeliveryError::Transient(detail)),
+            (410, _) => Err(DeliveryError::Gone(detail)),
             _ => Err(DeliveryError::Permanent(detail)),
         }
     }
@@ -127,4 +134,39 @@ fn refused(e: &reqwest::Error) -> Option<Refused> {
         src = inner.source();
     }
     None
+}
+
+/// `Retry-After: 120` or `Retry-After: Wed, 21 Oct 2026 07:28:00 GMT`, clamped to
+/// [`crate::RETRY_AFTER_BOUNDS`].
+pub fn parse_retry_after(value: &str, now: chrono::DateTime<chrono::Utc>) -> Option<Duration> {
+    let v = value.trim();
+    let secs = match v.parse::<u64>() {
+        Ok(s) => s,
+        Err(_) => {
+            let at = chrono::DateTime::parse_from_rfc2822(v).ok()?;
+            (at.with_timezone(&chrono::Utc) - now).num_seconds().max(0) as u64
+        }
+    };
+    let (lo, hi) = crate::RETRY_AFTER_BOUNDS;
+    Some(Duration::from_secs(secs).clamp(lo, hi))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use chrono::TimeZone;
+
+    #[test]
+    fn retry_after_forms_and_bounds() {
+        let now = chrono::Utc.with_ymd_and_hms(2026, 10, 21, 7, 0, 0).unwrap();
+        assert_eq!(parse_retry_after("120", now), Some(Duration::from_secs(120)));
+        assert_eq!(
+            parse_retry_after("Wed, 21 Oct 2026 07:28:00 GMT", now),
+            Some(Duration::from_secs(28 * 60))
+        );
+        assert_eq!(parse_retry_after("0", now), Some(Duration::from_secs(1)), "at least a second");
+        assert_eq!(parse_retry_after("999999", now), Some(Duration::from_secs(3600)), "at most an hour");
+        assert_eq!(parse_retry_after("Tue, 20 Oct 2026 07:00:00 GMT", now), Some(Duration::from_secs(1)));
+        assert_eq!(parse_retry_after("soon", now), None);
+    }
 }

@@ -29,6 +29,10 @@ async fn receiver(seen: Seen) -> String {
         .route("/busy", post(|| async { (StatusCode::SERVICE_UNAVAILABLE, "later") }))
         .route("/gone", post(|| async { StatusCode::GONE }))
         .route(
+            "/throttled",
+            post(|| async { (StatusCode::TOO_MANY_REQUESTS, [("retry-after", "7")], "slow down") }),
+        )
+        .route(
             "/moved",
             post(|| async { (StatusCode::FOUND, [("location", "http://127.0.0.1:9/elsewhere")]) }),
         );
@@ -80,8 +84,12 @@ async fn webhooks_are_signed_and_statuses_classified() {
         matches!(ch.deliver(&msg("/busy")).await, Err(DeliveryError::Transient(d)) if d == "HTTP 503: later")
     );
     assert!(
-        matches!(ch.deliver(&msg("/gone")).await, Err(DeliveryError::Permanent(d)) if d.starts_with("HTTP 410"))
+        matches!(ch.deliver(&msg("/gone")).await, Err(DeliveryError::Gone(d)) if d.starts_with("HTTP 410"))
     );
+    assert!(matches!(
+        ch.deliver(&msg("/throttled")).await,
+        Err(DeliveryError::Throttled { detail, retry_after }) if detail == "HTTP 429: slow down" && retry_after.as_secs() == 7
+    ));
     // Redirects are not followed.
     assert!(
         matches!(ch.deliver(&msg("/moved")).await, Err(DeliveryError::Permanent(d)) if d.starts_with("HTTP 302"))

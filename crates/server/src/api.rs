@@ -122,6 +122,9 @@ pub fn router(app: App) -> Router {
         .route("/api/bulletins/{key}/deliveries", get(deliveries))
         .route("/api/bulletins/{key}/{action}", post(transition))
         .route("/api/deliveries/{id}/attempts", get(attempts))
+        .route("/api/deliveries/{id}/replay", post(replay_delivery))
+        .route("/api/endpoints/{id}/replay", post(replay_endpoint))
+        .route("/api/endpoints/{id}/{state}", post(set_endpoint_state))
         .route("/api/organisations", get(list_orgs).post(create_org))
         .route("/api/organisations/{key}", get(get_org))
         .route("/api/organisations/{key}/contacts", post(add_contact))
@@ -378,6 +381,67 @@ async fn attempts(State(app): State<App>, _: Authed, Path(id): Path<String>) -> 
     let id: DeliveryId = parse(&id)?;
     let d = app.store.get_delivery(&id).await?;
     Ok(Json(json!({ "delivery": d, "attempts": app.store.delivery_attempts(&id).await? })))
+}
+
+/// Sends one delivery again (same id, so receivers can de-duplicate).
+async fn replay_delivery(
+    State(app): State<App>,
+    Authed(a): Authed,
+    Path(id): Path<String>,
+) -> ApiResult<Json<Value>> {
+    let id: DeliveryId = parse(&id)?;
+    let d = app.store.replay_delivery(&id, a.id.as_str(), Utc::now()).await?;
+    app.wake_delivery.notify_one();
+    Ok(Json(json!(d)))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ReplaySince {
+    since: chrono::DateTime<Utc>,
+}
+
+/// Sends every failed delivery of an endpoint since a time again.
+async fn replay_endpoint(
+    State(app): State<App>,
+    Authed(a): Authed,
+    Path(id): Path<String>,
+    JsonBody(req): JsonBody<ReplaySince>,
+) -> ApiResult<Json<Value>> {
+    require(&a, a.role.can_administer(), "replay an endpoint's deliveries")?;
+    let id: broadcast_core::EndpointId = parse(&id)?;
+    let ids = app.store.replay_failed_for_endpoint(&id, req.since, a.id.as_str(), Utc::now()).await?;
+    app.wake_delivery.notify_one();
+    Ok(Json(json!({ "replayed": ids })))
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct ReasonBody {
+    reason: Option<String>,
+}
+
+async fn set_endpoint_state(
+    State(app): State<App>,
+    Authed(a): Authed,
+    Path((id, state)): Path<(String, String)>,
+    body: axum::body::Bytes,
+) -> ApiResult<Json<Value>> {
+    require(&a, a.role.can_administer(), "enable or disable endpoints")?;
+    let id: broadcast_core::EndpointId = parse(&id)?;
+    let enabled = match state.as_str() {
+        "enable" => true,
+        "disable" => false,
+        other => return Err(ApiError::NotFound(format!("no endpoint action `{other}`"))),
+    };
+    let body: ReasonBody = if body.iter().all(u8::is_ascii_whitespace) {
+        ReasonBody::default()
+    } else {
+        serde_json::from_slice(&body).map_err(|e| ApiError::BadRequest(format!("request body: {e}")))?
+    };
+    let reason = body.reason.unwrap_or_else(|| format!("{state}d by {}", a.name));
+    let ep = app.store.set_endpoint_enabled(&id, enabled, a.id.as_str(), &reason).await?;
+    Ok(Json(json!(ep)))
 }
 
 #[derive(Deserialize)]

@@ -66,6 +66,17 @@ pub enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Send a delivery again (same id), or every failed delivery of an endpoint since a time.
+    Replay {
+        /// A delivery id (dlv_…).
+        delivery: Option<String>,
+        /// An endpoint id (ep_…): replay its failed deliveries.
+        #[arg(long, conflicts_with = "delivery")]
+        endpoint: Option<String>,
+        /// With --endpoint: only deliveries created at or after this time (RFC 3339).
+        #[arg(long, requires = "endpoint")]
+        since: Option<String>,
+    },
     /// Feeds and their health.
     Feeds {
         #[arg(long)]
@@ -244,6 +255,14 @@ pub enum EndpointCmd {
         url: String,
         #[arg(long)]
         secret: Option<String>,
+    },
+    /// Send to this endpoint again.
+    Enable { id: String },
+    /// Stop sending to this endpoint; its pending deliveries are suppressed.
+    Disable {
+        id: String,
+        #[arg(long, default_value = "disabled by the operator")]
+        reason: String,
     },
 }
 
@@ -468,6 +487,34 @@ async fn execute(cli: Cli) -> Result<()> {
                 println!("{secret}");
             }
         }
+        Command::Endpoint(EndpointCmd::Enable { id }) => {
+            let ep = app
+                .store
+                .set_endpoint_enabled(&id.parse()?, true, "operator", "enabled by the operator")
+                .await?;
+            println!("{} enabled", ep.id);
+        }
+        Command::Endpoint(EndpointCmd::Disable { id, reason }) => {
+            let ep = app.store.set_endpoint_enabled(&id.parse()?, false, "operator", &reason).await?;
+            println!("{} disabled", ep.id);
+        }
+        Command::Replay { delivery, endpoint, since } => match (delivery, endpoint) {
+            (Some(d), None) => {
+                let d = app.store.replay_delivery(&d.parse()?, "operator", now).await?;
+                println!("{} queued again ({} attempts so far; a running worker sends it)", d.id, d.attempts);
+            }
+            (None, Some(ep)) => {
+                let since = match since {
+                    Some(s) => chrono::DateTime::parse_from_rfc3339(&s)
+                        .map_err(|e| anyhow::anyhow!("--since `{s}` is not an RFC 3339 time: {e}"))?
+                        .with_timezone(&Utc),
+                    None => chrono::DateTime::UNIX_EPOCH,
+                };
+                let ids = app.store.replay_failed_for_endpoint(&ep.parse()?, since, "operator", now).await?;
+                println!("{} failed deliveries queued again", ids.len());
+            }
+            _ => bail!("name a delivery, or --endpoint with an optional --since"),
+        },
         Command::Deliveries { bulletin, json } => {
             let b = app.store.get_bulletin(&bulletin).await?;
             let counts = app.store.delivery_counts(&b.id).await?;

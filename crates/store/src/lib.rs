@@ -1236,6 +1236,96 @@ impl Store {
         self.get_contact(id).await
     }
 
+    /// Disables (or re-enables) an endpoint. Disabling suppresses its pending deliveries with
+    /// the reason; both are audited.
+    pub async fn set_endpoint_enabled(
+        &self,
+        id: &EndpointId,
+        enabled: bool,
+        actor: &str,
+        reason: &str,
+    ) -> Result<Endpoint> {
+        let now = db_time(Utc::now());
+        dispatch!(self, pool => {
+            let mut tx = pool.begin_write().await?;
+            let done = sqlx::query("UPDATE endpoints SET enabled = $1 WHERE id = $2")
+                .bind(enabled).bind(id.as_str()).execute(&mut *tx).await?;
+            if done.rows_affected() == 0 {
+                return Err(not_found("endpoint", id));
+            }
+            let mut suppressed = 0;
+            if !enabled {
+                suppressed = sqlx::query(
+                    "UPDATE deliveries SET state = 'suppressed', reason = $1, lease_until = NULL, leased_by = NULL
+                     WHERE channel = 'webhook' AND recipient_id = $2 AND state = 'pending'",
+                )
+                .bind(format!("endpoint disabled: {reason}")).bind(id.as_str())
+                .execute(&mut *tx).await?.rows_affected();
+            }
+            let action = if enabled { "endpoint.enable" } else { "endpoint.disable" };
+            audit!(tx, actor, action, id, serde_json::json!({ "reason": reason, "pending_suppressed": suppressed }).to_string(), now);
+            tx.commit().await?;
+            Ok::<(), StoreError>(())
+        })?;
+        self.get_endpoint(id).await
+    }
+
+    /// Puts a delivered or failed delivery back on the queue, due now, keeping its id (so the
+    /// webhook-id / Message-ID stay the same) and its attempt history. Audited.
+    pub async fn replay_delivery(
+        &self,
+        id: &DeliveryId,
+        actor: &str,
+        now: DateTime<Utc>,
+    ) -> Result<Delivery> {
+        let now = db_time(now);
+        dispatch!(self, pool => {
+            let mut tx = pool.begin_write().await?;
+            let row: Option<(String,)> = sqlx::query_as("SELECT state FROM deliveries WHERE id = $1")
+                .bind(id.as_str()).fetch_optional(&mut *tx).await?;
+            let Some((state,)) = row else { return Err(not_found("delivery", id)) };
+            if state != "failed" && state != "delivered" {
+                return Err(StoreError::Conflict(format!(
+                    "delivery {id} is {state}; only failed or delivered deliveries can be replayed"
+                )));
+            }
+            sqlx::query(
+                "UPDATE deliveries SET state = 'pending', reason = 'replayed', next_attempt_at = $1,
+                    delivered_at = NULL, lease_until = NULL, leased_by = NULL WHERE id = $2",
+            )
+            .bind(now).bind(id.as_str()).execute(&mut *tx).await?;
+            audit!(tx, actor, "delivery.replay", id, serde_json::json!({ "was": state }).to_string(), now);
+            tx.commit().await?;
+            Ok::<(), StoreError>(())
+        })?;
+        self.get_delivery(id).await
+    }
+
+    /// Replays every failed delivery to an endpoint created since `since`. Returns their ids.
+    pub async fn replay_failed_for_endpoint(
+        &self,
+        endpoint: &EndpointId,
+        since: DateTime<Utc>,
+        actor: &str,
+        now: DateTime<Utc>,
+    ) -> Result<Vec<DeliveryId>> {
+        self.get_endpoint(endpoint).await?;
+        let ids: Vec<(String,)> = dispatch!(self, pool => {
+            sqlx::query_as(
+                "SELECT id FROM deliveries WHERE channel = 'webhook' AND recipient_id = $1 AND state = 'failed'
+                   AND created_at >= $2 ORDER BY created_at, id",
+            )
+            .bind(endpoint.as_str()).bind(db_time(since)).fetch_all(pool).await?
+        });
+        let mut out = Vec::new();
+        for (id,) in ids {
+            let id: DeliveryId = parse_id(&id)?;
+            self.replay_delivery(&id, actor, now).await?;
+            out.push(id);
+        }
+        Ok(out)
+    }
+
     // ----- outbox -----------------------------------------------------------------------
 
     /// Leases up to `limit` due deliveries to `worker` until `now + lease`. Rows whose

@@ -131,6 +131,7 @@ conformance!(
     bad_input_is_refused_and_nothing_stored,
     feed_state_tracks_health,
     overrides_apply_to_their_revision_and_are_audited,
+    disabling_and_replaying,
 );
 
 mod audit_tampering {
@@ -765,4 +766,71 @@ async fn audit_detects_tampering(s: Store, url: String) {
     raw("DELETE FROM audit_log WHERE seq >= 3").await;
     let check = s.verify_audit().await.unwrap();
     assert!(check.broken.unwrap().1.contains("deleted"));
+}
+
+async fn disabling_and_replaying(s: Store) {
+    let (alice, bob, _) = setup_people(&s).await;
+    let org = s.create_organisation("Trust", Tlp::Clear, ThreatLevel::Information, t0()).await.unwrap();
+    let ep =
+        s.add_endpoint(org.id.as_str(), "https://soc.trust.example/hook", "whsec_eA==", t0()).await.unwrap();
+    let mut bulletins = Vec::new();
+    for title in ["One", "Two"] {
+        let b = s
+            .create_bulletin(&content(title, Tlp::Clear, ThreatLevel::High), &[], &alice.id, "HCB", t0())
+            .await
+            .unwrap();
+        for (who, action) in [(&alice, Action::Submit), (&bob, Action::Approve), (&alice, Action::Publish)] {
+            s.transition_bulletin(b.id.as_str(), action, &who.id, None, None, t0()).await.unwrap();
+        }
+        bulletins.push(b);
+    }
+    let first = s.deliveries_for_bulletin(&bulletins[0].id).await.unwrap().remove(0);
+    let err = s.replay_delivery(&first.id, "usr_x", t0()).await.unwrap_err();
+    assert!(err.to_string().contains("is pending; only failed or delivered"), "{err}");
+    s.record_attempt(
+        &first.id,
+        &AttemptRecord {
+            started_at: t0(),
+            duration_ms: 5,
+            outcome: AttemptOutcome::Failed { error: "HTTP 404".into() },
+            detail: "HTTP 404".into(),
+        },
+    )
+    .await
+    .unwrap();
+
+    // 410 Gone: the endpoint is disabled and its other pending delivery suppressed.
+    let disabled = s.set_endpoint_enabled(&ep.id, false, "system", "HTTP 410: gone").await.unwrap();
+    assert!(!disabled.enabled);
+    let second = s.deliveries_for_bulletin(&bulletins[1].id).await.unwrap().remove(0);
+    assert_eq!(second.state, DeliveryState::Suppressed);
+    assert_eq!(second.reason.as_deref(), Some("endpoint disabled: HTTP 410: gone"));
+
+    // Replay: failed → pending, due now, same id, history kept.
+    s.set_endpoint_enabled(&ep.id, true, "usr_admin", "receiver fixed").await.unwrap();
+    let later = t0() + Duration::hours(2);
+    let ids =
+        s.replay_failed_for_endpoint(&ep.id, t0() - Duration::minutes(1), "usr_admin", later).await.unwrap();
+    assert_eq!(ids, vec![first.id.clone()]);
+    let replayed = s.get_delivery(&first.id).await.unwrap();
+    assert_eq!(
+        (replayed.state, replayed.attempts, replayed.next_attempt_at),
+        (DeliveryState::Pending, 1, later)
+    );
+    assert_eq!(replayed.reason.as_deref(), Some("replayed"));
+    assert!(
+        s.replay_failed_for_endpoint(&ep.id, later, "usr_admin", later).await.unwrap().is_empty(),
+        "since filters"
+    );
+    let suppressed = s.replay_delivery(&second.id, "usr_admin", later).await.unwrap_err();
+    assert!(
+        suppressed.to_string().contains("suppressed"),
+        "deliberate suppressions are not replayed: {suppressed}"
+    );
+
+    let actions: Vec<String> = s.audit_entries(0, 100).await.unwrap().into_iter().map(|e| e.action).collect();
+    for a in ["endpoint.disable", "endpoint.enable", "delivery.replay"] {
+        assert!(actions.iter().any(|x| x == a), "{a} audited: {actions:?}");
+    }
+    assert_eq!(s.verify_audit().await.unwrap().broken, None);
 }

@@ -74,9 +74,31 @@ impl Worker {
         let result = self.attempt(&d, &cache).await;
         let duration_ms = clock.elapsed().as_millis() as i64;
         let attempts_made = d.attempts as u32 + 1;
+        let mut gone: Option<String> = None;
         let (outcome, detail) = match result {
             Ok(Receipt { detail }) => (AttemptOutcome::Delivered, detail),
             Err(DeliveryError::Permanent(e)) => (AttemptOutcome::Failed { error: e.clone() }, e),
+            Err(DeliveryError::Gone(e)) => {
+                gone = Some(e.clone());
+                (AttemptOutcome::Failed { error: format!("{e} (endpoint disabled)") }, e)
+            }
+            Err(DeliveryError::Throttled { detail, retry_after }) => {
+                match self.policy.next_delay(attempts_made, rand::rng().random()) {
+                    Some(wait) => {
+                        let wait = wait.max(retry_after);
+                        let at = Utc::now()
+                            + chrono::Duration::from_std(wait).unwrap_or(chrono::Duration::seconds(60));
+                        let error = format!("{detail} (Retry-After {}s)", retry_after.as_secs());
+                        (AttemptOutcome::Retry { at, error }, detail)
+                    }
+                    None => (
+                        AttemptOutcome::Failed {
+                            error: format!("gave up after {attempts_made} attempts: {detail}"),
+                        },
+                        detail,
+                    ),
+                }
+            }
             Err(DeliveryError::Transient(e)) => match self
                 .policy
                 .next_delay(attempts_made, rand::rng().random())
@@ -108,6 +130,16 @@ impl Worker {
             // The lease expires and the row is tried again: at worst a duplicate with the
             // same webhook-id / Message-ID, never a loss.
             tracing::error!(delivery.id = %d.id, error = %e, "could not record attempt");
+        }
+        // The receiver said the endpoint is gone: stop sending to it at all. Only after this
+        // attempt is on record, or disabling would suppress the in-flight delivery itself.
+        if let Some(reason) = gone
+            && let Ok(eid) = d.recipient_id.parse::<broadcast_core::EndpointId>()
+        {
+            match self.app.store.set_endpoint_enabled(&eid, false, "system", &reason).await {
+                Ok(_) => tracing::warn!(endpoint.id = %eid, reason = %reason, "endpoint disabled"),
+                Err(err) => tracing::error!(endpoint.id = %eid, error = %err, "could not disable endpoint"),
+            }
         }
     }
 
