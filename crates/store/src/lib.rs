@@ -1346,7 +1346,8 @@ impl Store {
                  WHERE id IN (SELECT id FROM deliveries
                               WHERE state = 'pending' AND next_attempt_at <= $3
                                 AND (lease_until IS NULL OR lease_until <= $3)
-                              ORDER BY next_attempt_at, id LIMIT $4{})
+                              ORDER BY CASE WHEN attempts = 0 THEN 0 ELSE 1 END, next_attempt_at, id
+                              LIMIT $4{})
                  RETURNING {DELIVERY_COLUMNS}",
                 pool_skip_locked(pool)
             );
@@ -1356,8 +1357,22 @@ impl Store {
                 .fetch_all(&mut *tx).await?;
             tx.commit().await?;
             let mut out = rows.into_iter().map(DeliveryRow::into_delivery).collect::<Result<Vec<_>>>()?;
-            out.sort_by(|a, b| a.next_attempt_at.cmp(&b.next_attempt_at).then(a.id.cmp(&b.id)));
+            // First attempts of new bulletins never wait behind retries of old ones.
+            out.sort_by(|a, b| (a.attempts > 0, a.next_attempt_at, &a.id).cmp(&(b.attempts > 0, b.next_attempt_at, &b.id)));
             Ok(out)
+        })
+    }
+
+    /// Hands a claimed delivery back without an attempt (its host or endpoint is at its
+    /// concurrency cap): due again at `at`, lease released.
+    pub async fn defer_delivery(&self, id: &DeliveryId, at: DateTime<Utc>) -> Result<()> {
+        dispatch!(self, pool => {
+            sqlx::query(
+                "UPDATE deliveries SET next_attempt_at = $1, lease_until = NULL, leased_by = NULL
+                 WHERE id = $2 AND state = 'pending'",
+            )
+            .bind(db_time(at)).bind(id.as_str()).execute(pool).await?;
+            Ok(())
         })
     }
 

@@ -2,6 +2,12 @@
 //! record every attempt, and schedule retries. A row whose worker dies returns to the
 //! queue when its lease expires, so nothing is lost; the webhook id and Message-ID come
 //! from the delivery id, so a resend after a crash is recognisable as the same message.
+//!
+//! Isolation: the worker is a pipeline, not a batch. It claims more rows as soon as a slot
+//! frees, so a slow or dead endpoint never holds up the rest; each host and each endpoint
+//! has its own concurrency cap, and a row whose host or endpoint is at its cap is handed
+//! back for a moment without counting an attempt. First attempts are claimed before
+//! retries.
 
 use crate::app::App;
 use crate::stages::sleep_or_shutdown;
@@ -14,12 +20,11 @@ use broadcast_distribute::webhook::{WebhookChannel, WebhookMessage};
 use broadcast_distribute::{Channel, DeliveryError, Receipt, payload};
 use broadcast_store::{AttemptOutcome, AttemptRecord};
 use chrono::Utc;
-use futures::StreamExt;
 use rand::Rng;
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
-use tokio::sync::{Mutex, watch};
+use tokio::sync::{Mutex, Notify, OwnedSemaphorePermit, Semaphore, watch};
 
 pub struct Worker {
     app: App,
@@ -27,14 +32,21 @@ pub struct Worker {
     email: Arc<EmailChannel>,
     webhook: Arc<WebhookChannel>,
     policy: RetryPolicy,
+    cache: Mutex<Cache>,
+    /// Concurrency caps per webhook host and per endpoint.
+    caps: std::sync::Mutex<HashMap<String, Arc<Semaphore>>>,
 }
 
-/// Per-round caches, so a fan-out of thousands reads each bulletin and organisation once.
+/// So a fan-out of thousands reads each bulletin and organisation once. Bulletins are
+/// immutable once published (a withdrawal cancels their rows), so caching them is safe.
 #[derive(Default)]
 struct Cache {
     bulletins: HashMap<String, Arc<Bulletin>>,
     orgs: HashMap<String, String>,
 }
+
+/// How long a row whose host or endpoint is at its cap waits before it is due again.
+const DEFER: Duration = Duration::from_millis(250);
 
 impl Worker {
     pub fn new(app: App) -> Result<Worker> {
@@ -45,33 +57,62 @@ impl Worker {
             policy: app.settings.retry_policy(),
             id,
             app,
+            cache: Mutex::new(Cache::default()),
+            caps: std::sync::Mutex::new(HashMap::new()),
         })
     }
 
-    /// One round: claim up to a batch of due rows and deliver them concurrently.
-    /// Returns how many rows were processed.
-    pub async fn round(&self) -> Result<usize> {
-        let s = &self.app.settings.delivery;
-        let due = self
-            .app
-            .store
-            .claim_due_deliveries(&self.id, Utc::now(), Duration::from_secs(s.lease_secs), s.batch_size)
-            .await?;
-        let n = due.len();
-        let cache = Arc::new(Mutex::new(Cache::default()));
-        futures::stream::iter(due)
-            .for_each_concurrent(s.concurrency, |d| {
-                let cache = cache.clone();
-                async move { self.deliver_one(d, cache).await }
-            })
-            .await;
-        Ok(n)
+    /// A permit from the cap named `key` (created with `size` slots), if one is free now.
+    fn try_cap(&self, key: String, size: usize) -> Option<OwnedSemaphorePermit> {
+        let sem = self
+            .caps
+            .lock()
+            .expect("cap map lock")
+            .entry(key)
+            .or_insert_with(|| Arc::new(Semaphore::new(size)))
+            .clone();
+        sem.try_acquire_owned().ok()
     }
 
-    async fn deliver_one(&self, d: Delivery, cache: Arc<Mutex<Cache>>) {
+    /// Claims up to `limit` due rows.
+    async fn claim(&self, limit: i64) -> Result<Vec<Delivery>> {
+        let s = &self.app.settings.delivery;
+        Ok(self
+            .app
+            .store
+            .claim_due_deliveries(&self.id, Utc::now(), Duration::from_secs(s.lease_secs), limit)
+            .await?)
+    }
+
+    /// Delivers one claimed row, unless its host or endpoint is at its cap, in which case
+    /// the row is handed back (no attempt counted) and `false` is returned.
+    async fn deliver_one(&self, d: Delivery) -> bool {
+        let s = &self.app.settings.delivery;
+        let _caps = if d.channel == ChannelKind::Webhook {
+            let host = url::Url::parse(&d.address)
+                .ok()
+                .and_then(|u| u.host_str().map(str::to_owned))
+                .unwrap_or_default();
+            let host_cap = self.try_cap(format!("host:{host}"), s.per_host_concurrency);
+            let endpoint_cap = host_cap
+                .as_ref()
+                .and_then(|_| self.try_cap(format!("ep:{}", d.recipient_id), s.per_endpoint_concurrency));
+            match (host_cap, endpoint_cap) {
+                (Some(h), Some(e)) => Some((h, e)),
+                _ => {
+                    let at = Utc::now() + chrono::Duration::from_std(DEFER).unwrap_or_default();
+                    if let Err(e) = self.app.store.defer_delivery(&d.id, at).await {
+                        tracing::error!(delivery.id = %d.id, error = %e, "could not defer delivery");
+                    }
+                    return false;
+                }
+            }
+        } else {
+            None
+        };
         let started_at = Utc::now();
         let clock = Instant::now();
-        let result = self.attempt(&d, &cache).await;
+        let result = self.attempt(&d, &self.cache).await;
         let duration_ms = clock.elapsed().as_millis() as i64;
         let attempts_made = d.attempts as u32 + 1;
         let mut gone: Option<String> = None;
@@ -141,9 +182,16 @@ impl Worker {
                 Err(err) => tracing::error!(endpoint.id = %eid, error = %err, "could not disable endpoint"),
             }
         }
+        true
     }
 
     async fn attempt(&self, d: &Delivery, cache: &Mutex<Cache>) -> Result<Receipt, DeliveryError> {
+        {
+            let mut c = cache.lock().await;
+            if c.bulletins.len() > 1000 || c.orgs.len() > 10_000 {
+                *c = Cache::default();
+            }
+        }
         let store_err = |e: broadcast_store::StoreError| DeliveryError::Transient(format!("store: {e}"));
         let (bulletin, org_name) = {
             let mut c = cache.lock().await;
@@ -219,39 +267,64 @@ impl Worker {
     }
 }
 
-/// Runs a worker until shutdown: delivers as long as rows are due, then waits for a publish
-/// (woken at once) or the next due retry.
+/// Runs a worker until shutdown: keeps up to `delivery.concurrency` deliveries in flight,
+/// claiming more as soon as a slot frees; when nothing is due it waits for a publish (woken
+/// at once) or the next due retry.
 pub async fn run(app: App, mut shutdown: watch::Receiver<bool>) -> Result<()> {
-    let worker = Worker::new(app.clone())?;
+    let worker = Arc::new(Worker::new(app.clone())?);
     tracing::info!(worker.id = %worker.id, "delivery worker started");
-    let poll = Duration::from_millis(app.settings.delivery.poll_interval_ms);
+    let s = app.settings.delivery.clone();
+    let slots = Arc::new(Semaphore::new(s.concurrency));
+    let slot_freed = Arc::new(Notify::new());
+    let poll = Duration::from_millis(s.poll_interval_ms);
     loop {
-        let notified = app.wake_delivery.notified();
-        let n = match worker.round().await {
-            Ok(n) => n,
-            Err(e) => {
-                tracing::error!(error = %e, "delivery round failed");
-                0
-            }
-        };
         if *shutdown.borrow() {
-            return Ok(());
+            break;
         }
-        if n > 0 {
+        let notified = app.wake_delivery.notified();
+        let freed = slot_freed.notified();
+        let free = slots.available_permits();
+        let mut claimed = 0;
+        if free > 0 {
+            match worker.claim((free as i64).min(s.batch_size)).await {
+                Ok(rows) => {
+                    claimed = rows.len();
+                    for d in rows {
+                        let permit = slots.clone().acquire_owned().await.expect("semaphore never closed");
+                        let (w, freed_tx) = (worker.clone(), slot_freed.clone());
+                        tokio::spawn(async move {
+                            w.deliver_one(d).await;
+                            drop(permit);
+                            freed_tx.notify_one();
+                        });
+                    }
+                }
+                Err(e) => tracing::error!(error = %e, "claiming deliveries failed"),
+            }
+        }
+        if claimed > 0 && slots.available_permits() > 0 {
             continue;
         }
-        let wait = match app.store.next_due_at().await {
-            // Rows due now but leased by another worker: look again shortly, not in a spin.
-            Ok(Some(t)) => {
-                (t - Utc::now()).to_std().unwrap_or(Duration::ZERO).clamp(Duration::from_millis(100), poll)
+        let wait = if slots.available_permits() == 0 {
+            poll
+        } else {
+            match app.store.next_due_at().await {
+                // Rows due now but leased elsewhere or deferred: look again shortly, not in a spin.
+                Ok(Some(t)) => {
+                    (t - Utc::now()).to_std().unwrap_or(Duration::ZERO).clamp(Duration::from_millis(50), poll)
+                }
+                _ => poll,
             }
-            _ => poll,
         };
         tokio::select! {
             _ = notified => {}
-            stop = sleep_or_shutdown(wait, &mut shutdown) => if stop { return Ok(()) },
+            _ = freed => {}
+            stop = sleep_or_shutdown(wait, &mut shutdown) => if stop { break },
         }
     }
+    // Let deliveries in flight finish and record their attempts.
+    let _ = slots.acquire_many(s.concurrency as u32).await;
+    Ok(())
 }
 
 fn hostname() -> String {
