@@ -302,7 +302,7 @@ pub struct Revision {
 }
 
 /// Collection state and health of one feed.
-#[derive(Clone, Debug, Default, PartialEq, Serialize)]
+#[derive(Clone, Debug, Default, PartialEq, Serialize, sqlx::FromRow)]
 pub struct FeedState {
     pub feed_id: String,
     pub etag: Option<String>,
@@ -745,20 +745,17 @@ impl Store {
 
     pub async fn feed_state(&self, feed_id: &str) -> Result<Option<FeedState>> {
         dispatch!(self, pool => {
-            let row: Option<FeedStateRow> = sqlx::query_as("SELECT * FROM feed_state WHERE feed_id = $1")
+            let row: Option<FeedState> = sqlx::query_as("SELECT * FROM feed_state WHERE feed_id = $1")
                 .bind(feed_id)
                 .fetch_optional(pool)
                 .await?;
-            Ok(row.map(Into::into))
+            Ok(row)
         })
     }
 
     pub async fn list_feed_states(&self) -> Result<Vec<FeedState>> {
         dispatch!(self, pool => {
-            let rows: Vec<FeedStateRow> = sqlx::query_as("SELECT * FROM feed_state ORDER BY feed_id")
-                .fetch_all(pool)
-                .await?;
-            Ok(rows.into_iter().map(Into::into).collect())
+            Ok(sqlx::query_as("SELECT * FROM feed_state ORDER BY feed_id").fetch_all(pool).await?)
         })
     }
 

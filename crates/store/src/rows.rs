@@ -2,7 +2,7 @@
 //! Enum and JSON columns are parsed here; a value that does not parse is reported as
 //! corrupt data rather than silently defaulted.
 
-use super::{BulletinEvent, Candidate, FeedState, OverrideInfo, Result, StoreError, from_json, parse_id};
+use super::{BulletinEvent, Candidate, OverrideInfo, Result, StoreError, from_json, parse_id};
 use broadcast_core::{Advisory, Analyst, Assessment, Bulletin, Contact, Delivery, Endpoint, Organisation};
 use chrono::{DateTime, Utc};
 use std::str::FromStr;
@@ -91,33 +91,6 @@ impl CandidateRow {
             assessment.reasons.insert(0, format!("overridden by {}: {}", o.analyst, o.reason));
         }
         Ok(Candidate { advisory, assessment, override_info })
-    }
-}
-
-#[derive(sqlx::FromRow)]
-pub(crate) struct FeedStateRow {
-    pub feed_id: String,
-    pub etag: Option<String>,
-    pub last_modified: Option<String>,
-    pub last_attempt: Option<DateTime<Utc>>,
-    pub last_success: Option<DateTime<Utc>>,
-    pub last_error: Option<String>,
-    pub consecutive_failures: i32,
-    pub items_seen: i64,
-}
-
-impl From<FeedStateRow> for FeedState {
-    fn from(r: FeedStateRow) -> Self {
-        FeedState {
-            feed_id: r.feed_id,
-            etag: r.etag,
-            last_modified: r.last_modified,
-            last_attempt: r.last_attempt,
-            last_success: r.last_success,
-            last_error: r.last_error,
-            consecutive_failures: r.consecutive_failures,
-            items_seen: r.items_seen,
-        }
     }
 }
 
