@@ -129,6 +129,16 @@ pub async fn run(app: App, shutdown: watch::Receiver<bool>) -> anyhow::Result<()
             }
         }));
     }
+    if tasks.is_empty() {
+        // No feeds on this node: nothing to do until shutdown (not an error).
+        tracing::info!("collector role on, but no feeds are enabled");
+        let mut shutdown = shutdown;
+        while !*shutdown.borrow() {
+            if shutdown.changed().await.is_err() {
+                break;
+            }
+        }
+    }
     for t in tasks {
         let _ = t.await;
     }
