@@ -690,10 +690,10 @@ async fn kill_nine_during_fan_out_loses_nothing() {
     let api_port = free_port();
     let base = format!("http://127.0.0.1:{api_port}");
     let seed = dir.path().join("seed.toml");
-    let mut seed_text = format!(
+    let mut seed_text = String::from(
         "[[analysts]]\nname = \"alice\"\nrole = \"analyst\"\ntoken = \"alice-token-0000000000\"\n\
          [[analysts]]\nname = \"bob\"\nrole = \"approver\"\ntoken = \"bob-token-00000000000\"\n\
-         [[organisations]]\nname = \"Everyone\"\ntlp_clearance = \"CLEAR\"\nendpoints = [\n"
+         [[organisations]]\nname = \"Everyone\"\ntlp_clearance = \"CLEAR\"\nendpoints = [\n",
     );
     for n in 0..N {
         seed_text.push_str(&format!("  {{ url = \"{receiver}/hook/{n}\", secret = \"{SOC_SECRET}\" }},\n"));
