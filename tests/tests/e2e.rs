@@ -172,7 +172,10 @@ async fn start_receiver(seen: Arc<Mutex<Vec<Hook>>>) -> String {
 }
 
 fn start_smtp(maildir: &Path) -> (Proc, u16) {
-    let port = free_port();
+    start_smtp_on(maildir, free_port())
+}
+
+fn start_smtp_on(maildir: &Path, port: u16) -> (Proc, u16) {
     let child = Command::new("python3")
         .args(["-m", "aiosmtpd", "-n", "-l", &format!("127.0.0.1:{port}"), "-c", "aiosmtpd.handlers.Mailbox"])
         .arg(maildir)
@@ -780,5 +783,114 @@ poll_interval_ms = 200
     assert_eq!(bad_signatures.load(std::sync::atomic::Ordering::SeqCst), 0);
     eprintln!(
         "kill -9 after {at_kill} of {N}: all {N} delivered after restart, {duplicates} duplicates (same webhook-id)"
+    );
+}
+
+/// The SMTP server (aiosmtpd) is stopped mid-fan-out and started again on the same port:
+/// every email is delivered afterwards, each exactly once per recipient address.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn smtp_server_restart_mid_run_loses_nothing() {
+    const N: usize = 300;
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let dir = tempfile::tempdir().unwrap();
+    let maildir = dir.path().join("maildir");
+    let (smtp, smtp_port) = start_smtp(&maildir);
+    let api_port = free_port();
+    let base = format!("http://127.0.0.1:{api_port}");
+    let seed = dir.path().join("seed.toml");
+    let mut seed_text = String::from(
+        "[[analysts]]\nname = \"alice\"\nrole = \"analyst\"\ntoken = \"alice-token-0000000000\"\n\
+         [[analysts]]\nname = \"bob\"\nrole = \"approver\"\ntoken = \"bob-token-00000000000\"\n\
+         [[organisations]]\nname = \"Everyone\"\ntlp_clearance = \"CLEAR\"\ncontacts = [\n",
+    );
+    for n in 0..N {
+        seed_text.push_str(&format!("  {{ email = \"reader{n:03}@trust.nhs.test\" }},\n"));
+    }
+    seed_text.push_str("]\n");
+    std::fs::write(&seed, seed_text).unwrap();
+    let config = dir.path().join("broadcast.toml");
+    std::fs::write(
+        &config,
+        format!(
+            r#"
+seed_file = "{seed}"
+feeds = []
+[store]
+url = "sqlite://{db}"
+[api]
+listen = "127.0.0.1:{api_port}"
+public_url = "{base}"
+[security]
+link_secret = "smtp-restart-link-secret-0123456789abcdef"
+[bulletins]
+templates_dir = "{templates}"
+[triage]
+watchlist_file = "{watchlist}"
+[email]
+from = "NHS Broadcast <bulletins@broadcast.test>"
+list_id = "bulletins.broadcast.test"
+transport = "smtp"
+[email.smtp]
+host = "127.0.0.1"
+port = {smtp_port}
+tls = "none"
+timeout_secs = 5
+[delivery]
+poll_interval_ms = 200
+retry_delays_secs = [1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1]
+"#,
+            seed = seed.display(),
+            db = dir.path().join("broadcast.db").display(),
+            templates = repo().join("bulletin-templates").display(),
+            watchlist = repo().join("config/watchlist.toml").display(),
+        ),
+    )
+    .unwrap();
+    let _server = start_server(&config, &dir.path().join("server.log"), &base).await;
+    let api = Api { base: base.clone(), http: reqwest::Client::new() };
+    let (alice, bob) = ("alice-token-0000000000", "bob-token-00000000000");
+    let (s, b) = api
+        .post(alice, "/api/bulletins", json!({ "title": "Mail under fire", "threat_level": "High" }))
+        .await;
+    assert_eq!(s, StatusCode::CREATED, "{b}");
+    let reference = b["reference"].as_str().unwrap().to_owned();
+    for (who, action) in [(alice, "submit"), (bob, "approve"), (alice, "publish")] {
+        let (s, v) = api.post(who, &format!("/api/bulletins/{reference}/{action}"), json!({})).await;
+        assert_eq!(s, StatusCode::OK, "{action}: {v}");
+    }
+    let received = || std::fs::read_dir(maildir.join("new")).map(|d| d.count()).unwrap_or(0);
+    wait_for("the first emails", 60, || async { (received() >= 20).then_some(()) }).await;
+    drop(smtp); // stops aiosmtpd
+    // Deliveries now fail with connection errors and are scheduled for retry.
+    wait_for("retries while the SMTP server is down", 60, || async {
+        let v = api.get(alice, &format!("/api/bulletins/{reference}/deliveries")).await;
+        let retrying = v["deliveries"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|d| d["state"] == "pending" && d["attempts"].as_i64() > Some(0));
+        retrying.then_some(())
+    })
+    .await;
+    let before_restart = received();
+    assert!(before_restart < N, "the SMTP server stopped mid-run ({before_restart} of {N} received)");
+    let (_smtp, port_again) = start_smtp_on(&maildir, smtp_port);
+    assert_eq!(port_again, smtp_port);
+    let status = wait_for("every email after the restart", 120, || async {
+        let v = api.get(alice, &format!("/api/bulletins/{reference}/deliveries")).await;
+        (v["counts"]["pending"] == 0).then_some(v)
+    })
+    .await;
+    assert_eq!(status["counts"]["delivered"], N, "{}", status["counts"]);
+    let mut recipients = std::collections::HashSet::new();
+    for f in std::fs::read_dir(maildir.join("new")).unwrap() {
+        let raw = std::fs::read(f.unwrap().path()).unwrap();
+        let msg = mail_parser::MessageParser::default().parse(&raw).unwrap();
+        recipients.insert(msg.to().unwrap().first().unwrap().address().unwrap().to_owned());
+    }
+    assert_eq!(recipients.len(), N, "every reader got the bulletin");
+    eprintln!(
+        "SMTP stopped after {before_restart} of {N}; all {N} delivered after its restart ({} files)",
+        received()
     );
 }
