@@ -164,7 +164,8 @@ async fn start_receiver(seen: Arc<Mutex<Vec<Hook>>>) -> String {
         .route("/soc", post(handler("/soc", SOC_SECRET)))
         .route("/flaky", post(handler("/flaky", FLAKY_SECRET)))
         .route("/throttled", post(handler("/throttled", SOC_SECRET)))
-        .route("/gone", post(handler("/gone", SOC_SECRET)));
+        .route("/gone", post(handler("/gone", SOC_SECRET)))
+        .route("/slack", post(handler("/slack", SOC_SECRET)));
     let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = l.local_addr().unwrap();
     tokio::spawn(async move { axum::serve(l, app).await.unwrap() });
@@ -381,6 +382,15 @@ schedule = "*/2 * * * * *"
             .await;
         assert_eq!(s, StatusCode::CREATED, "{v}");
     }
+    // A Slack incoming webhook for the SOC's chat channel.
+    let (s, v) = api
+        .post(
+            ADMIN_TOKEN,
+            &format!("/api/organisations/{trust_id}/endpoints"),
+            json!({ "url": format!("{receiver}/slack"), "secret": SOC_SECRET, "format": "slack" }),
+        )
+        .await;
+    assert_eq!((s, v["format"].as_str()), (StatusCode::CREATED, Some("slack")), "{v}");
     // Bad input is refused with a reason and stores nothing.
     let (s, v) = api
         .post(ADMIN_TOKEN, "/api/organisations/org_unknown/contacts", json!({ "email": "x@y.test" }))
@@ -453,7 +463,7 @@ schedule = "*/2 * * * * *"
     assert_eq!((s, v["bulletin"]["state"].as_str()), (StatusCode::OK, Some("approved")), "{v}");
     let (s, v) = api.post(&alice, &format!("/api/bulletins/{reference}/publish"), json!({})).await;
     assert_eq!(s, StatusCode::OK, "{v}");
-    assert_eq!(v["deliveries_created"], 7, "2 trust contacts + 4 endpoints + 1 care-home contact: {v}");
+    assert_eq!(v["deliveries_created"], 8, "2 trust contacts + 5 endpoints + 1 care-home contact: {v}");
 
     // Everything reaches a terminal state: delivered, or suppressed for the uncleared org.
     let status = wait_for("deliveries to finish", 60, || async {
@@ -461,7 +471,7 @@ schedule = "*/2 * * * * *"
         (v["counts"]["pending"] == 0).then_some(v)
     })
     .await;
-    assert_eq!(status["counts"]["delivered"], 5, "{status}");
+    assert_eq!(status["counts"]["delivered"], 6, "{status}");
     assert_eq!(status["counts"]["failed"], 1, "{status}");
     assert_eq!(status["counts"]["suppressed"], 1, "{status}");
     let rows = status["deliveries"].as_array().unwrap();
@@ -531,6 +541,12 @@ schedule = "*/2 * * * * *"
     assert_eq!(body["data"]["threat_level"], "High");
     assert!(body["data"]["cves"].as_array().unwrap().iter().any(|c| c == adv_cve.as_str()));
     assert_eq!(body["data"]["url"], format!("{base}/bulletins/{reference}"));
+    // Slack gets a Slack message, and for an AMBER bulletin only a notice and the link.
+    let slack: Value =
+        serde_json::from_str(&hooks.iter().find(|h| h.path == "/slack").unwrap().body).unwrap();
+    assert!(slack["text"].as_str().unwrap().starts_with(&format!("[High] {reference}: ")), "{slack}");
+    assert!(slack.to_string().contains("marked TLP:AMBER"), "{slack}");
+    assert!(!slack.to_string().contains(&adv_cve), "no AMBER content in Slack: {slack}");
 
     // Replay the flaky delivery through the API: sent again with the same webhook-id.
     let (s, v) = api.post(&alice, &format!("/api/deliveries/{flaky_id}/replay"), json!({})).await;

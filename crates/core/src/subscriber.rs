@@ -40,8 +40,63 @@ pub struct Endpoint {
     /// Standard Webhooks secret, `whsec_<base64>`. Never logged.
     #[serde(skip_serializing)]
     pub secret: String,
+    /// After a rotation, the old secret also signs until `previous_secret_until`, so the
+    /// receiver can switch over without missing a message. Never serialised.
+    #[serde(skip_serializing)]
+    pub previous_secret: Option<String>,
+    pub previous_secret_until: Option<DateTime<Utc>>,
     pub enabled: bool,
+    pub format: EndpointFormat,
     pub created_at: DateTime<Utc>,
+}
+
+impl Endpoint {
+    /// The secrets that sign a request sent at `now`: the current one, and the previous one
+    /// during its overlap.
+    pub fn signing_secrets(&self, now: DateTime<Utc>) -> Vec<&str> {
+        let mut out = vec![self.secret.as_str()];
+        if let (Some(prev), Some(until)) = (&self.previous_secret, self.previous_secret_until)
+            && now < until
+        {
+            out.push(prev);
+        }
+        out
+    }
+}
+
+/// The body an endpoint receives.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum EndpointFormat {
+    /// Broadcast's own JSON (schema in docs/API.md), for SIEM and SOAR.
+    #[default]
+    Broadcast,
+    /// A Slack incoming-webhook message.
+    Slack,
+    /// A Microsoft Teams incoming-webhook message (Adaptive Card).
+    Teams,
+}
+
+impl EndpointFormat {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            EndpointFormat::Broadcast => "broadcast",
+            EndpointFormat::Slack => "slack",
+            EndpointFormat::Teams => "teams",
+        }
+    }
+}
+
+impl FromStr for EndpointFormat {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "broadcast" => Ok(EndpointFormat::Broadcast),
+            "slack" => Ok(EndpointFormat::Slack),
+            "teams" => Ok(EndpointFormat::Teams),
+            _ => Err(format!("`{s}` is not an endpoint format (expected broadcast, slack or teams)")),
+        }
+    }
 }
 
 /// Checks an email address well enough to refuse obvious mistakes; the SMTP server has
@@ -123,6 +178,29 @@ mod tests {
             let err = validate_email(bad).unwrap_err();
             assert!(err.contains(bad), "{err}");
         }
+    }
+
+    #[test]
+    fn rotation_signs_with_both_secrets_during_the_overlap() {
+        use chrono::TimeZone;
+        let t = Utc.with_ymd_and_hms(2026, 1, 1, 0, 0, 0).unwrap();
+        let mut ep = Endpoint {
+            id: EndpointId::from_suffix("e"),
+            org_id: OrgId::from_suffix("o"),
+            url: "https://soc.example/hook".into(),
+            secret: "whsec_new".into(),
+            previous_secret: Some("whsec_old".into()),
+            previous_secret_until: Some(t + chrono::Duration::hours(24)),
+            enabled: true,
+            format: EndpointFormat::Broadcast,
+            created_at: t,
+        };
+        assert_eq!(ep.signing_secrets(t), vec!["whsec_new", "whsec_old"]);
+        assert_eq!(ep.signing_secrets(t + chrono::Duration::hours(24)), vec!["whsec_new"]);
+        ep.previous_secret_until = None;
+        assert_eq!(ep.signing_secrets(t), vec!["whsec_new"]);
+        assert_eq!("teams".parse::<EndpointFormat>().unwrap(), EndpointFormat::Teams);
+        assert!("fax".parse::<EndpointFormat>().unwrap_err().contains("fax"));
     }
 
     #[test]

@@ -44,7 +44,9 @@ pub struct WebhookMessage {
     /// `webhook-id`: the delivery id, identical on every retry.
     pub id: String,
     pub url: String,
-    pub secret: String,
+    /// Every secret that signs this request: the endpoint's current secret, and during a
+    /// rotation's overlap the previous one too. Each adds a `v1,` signature.
+    pub secrets: Vec<String>,
     pub body: String,
     /// `webhook-timestamp`: Unix seconds of this attempt.
     pub timestamp: i64,
@@ -81,8 +83,13 @@ impl Channel for WebhookChannel {
         let url = url::Url::parse(&m.url)
             .map_err(|e| DeliveryError::Permanent(format!("`{}` is not a URL: {e}", m.url)))?;
         self.policy.check_url(&url).map_err(|r| DeliveryError::Permanent(r.to_string()))?;
-        let signature = sign(&m.secret, &m.id, m.timestamp, m.body.as_bytes())
-            .map_err(|e| DeliveryError::Permanent(format!("endpoint secret unusable: {e}")))?;
+        let signature = m
+            .secrets
+            .iter()
+            .map(|secret| sign(secret, &m.id, m.timestamp, m.body.as_bytes()))
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|e| DeliveryError::Permanent(format!("endpoint secret unusable: {e}")))?
+            .join(" ");
         let resp = self
             .client
             .post(&m.url)

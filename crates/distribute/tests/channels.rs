@@ -57,7 +57,7 @@ async fn webhooks_are_signed_and_statuses_classified() {
     let msg = |path: &str| WebhookMessage {
         id: "dlv_abc".into(),
         url: format!("{base}{path}"),
-        secret: secret.clone(),
+        secrets: vec![secret.clone()],
         body: r#"{"type":"bulletin.published"}"#.into(),
         timestamp: 1_700_000_000,
     };
@@ -83,6 +83,18 @@ async fn webhooks_are_signed_and_statuses_classified() {
     assert!(
         matches!(ch.deliver(&msg("/busy")).await, Err(DeliveryError::Transient(d)) if d == "HTTP 503: later")
     );
+    // During a secret rotation both secrets sign: a receiver holding either one accepts it.
+    let old = secret_from_bytes(&[3; 24]);
+    let mut rotated = msg("/ok");
+    rotated.secrets = vec![secret.clone(), old.clone()];
+    ch.deliver(&rotated).await.unwrap();
+    let (h, body) = seen.lock().unwrap().last().unwrap().clone();
+    let sig = h.get("webhook-signature").unwrap().to_str().unwrap().to_owned();
+    assert_eq!(sig.matches("v1,").count(), 2, "{sig}");
+    for s in [&secret, &old] {
+        verify(s, "dlv_abc", 1_700_000_000, body.as_bytes(), &sig, 1_700_000_000, 300).unwrap();
+    }
+    seen.lock().unwrap().pop();
     assert!(
         matches!(ch.deliver(&msg("/gone")).await, Err(DeliveryError::Gone(d)) if d.starts_with("HTTP 410"))
     );

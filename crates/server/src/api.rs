@@ -124,7 +124,9 @@ pub fn router(app: App) -> Router {
         .route("/api/deliveries/{id}/attempts", get(attempts))
         .route("/api/deliveries/{id}/replay", post(replay_delivery))
         .route("/api/endpoints/{id}/replay", post(replay_endpoint))
-        .route("/api/endpoints/{id}/{state}", post(set_endpoint_state))
+        .route("/api/endpoints/{id}/enable", post(enable_endpoint))
+        .route("/api/endpoints/{id}/disable", post(disable_endpoint))
+        .route("/api/endpoints/{id}/rotate", post(rotate_endpoint))
         .route("/api/organisations", get(list_orgs).post(create_org))
         .route("/api/organisations/{key}", get(get_org))
         .route("/api/organisations/{key}/contacts", post(add_contact))
@@ -421,19 +423,67 @@ struct ReasonBody {
     reason: Option<String>,
 }
 
-async fn set_endpoint_state(
+async fn enable_endpoint(
+    State(app): State<App>,
+    a: Authed,
+    Path(id): Path<String>,
+    body: axum::body::Bytes,
+) -> ApiResult<Json<Value>> {
+    set_endpoint_state(app, a, id, true, body).await
+}
+
+async fn disable_endpoint(
+    State(app): State<App>,
+    a: Authed,
+    Path(id): Path<String>,
+    body: axum::body::Bytes,
+) -> ApiResult<Json<Value>> {
+    set_endpoint_state(app, a, id, false, body).await
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RotateBody {
+    /// Hours the old secret keeps signing alongside the new one (default 24).
+    overlap_hours: Option<i64>,
+}
+
+/// A new signing secret, shown once; the old one keeps signing during the overlap.
+async fn rotate_endpoint(
     State(app): State<App>,
     Authed(a): Authed,
-    Path((id, state)): Path<(String, String)>,
+    Path(id): Path<String>,
+    body: axum::body::Bytes,
+) -> ApiResult<Json<Value>> {
+    require(&a, a.role.can_administer(), "rotate endpoint secrets")?;
+    let id: broadcast_core::EndpointId = parse(&id)?;
+    let body: RotateBody = if body.iter().all(u8::is_ascii_whitespace) {
+        RotateBody::default()
+    } else {
+        serde_json::from_slice(&body).map_err(|e| ApiError::BadRequest(format!("request body: {e}")))?
+    };
+    let hours = body.overlap_hours.unwrap_or(24);
+    if !(0..=24 * 30).contains(&hours) {
+        return Err(ApiError::BadRequest(format!("overlap_hours {hours} must be between 0 and 720")));
+    }
+    let secret = broadcast_distribute::sign::secret_from_bytes(&crate::auth::random_secret_bytes());
+    let until = Utc::now() + chrono::Duration::hours(hours);
+    let ep = app.store.rotate_endpoint_secret(&id, &secret, until, a.id.as_str()).await?;
+    let mut v = json!(ep);
+    v["secret"] = json!(secret);
+    Ok(Json(v))
+}
+
+async fn set_endpoint_state(
+    app: App,
+    Authed(a): Authed,
+    id: String,
+    enabled: bool,
     body: axum::body::Bytes,
 ) -> ApiResult<Json<Value>> {
     require(&a, a.role.can_administer(), "enable or disable endpoints")?;
     let id: broadcast_core::EndpointId = parse(&id)?;
-    let enabled = match state.as_str() {
-        "enable" => true,
-        "disable" => false,
-        other => return Err(ApiError::NotFound(format!("no endpoint action `{other}`"))),
-    };
+    let state = if enabled { "enable" } else { "disable" };
     let body: ReasonBody = if body.iter().all(u8::is_ascii_whitespace) {
         ReasonBody::default()
     } else {
@@ -504,6 +554,8 @@ async fn add_contact(
 struct NewEndpoint {
     url: String,
     secret: Option<String>,
+    /// broadcast (default), slack or teams.
+    format: Option<String>,
 }
 
 async fn add_endpoint(
@@ -522,7 +574,9 @@ async fn add_endpoint(
         }
         None => broadcast_distribute::sign::secret_from_bytes(&crate::auth::random_secret_bytes()),
     };
-    let ep = app.store.add_endpoint(&key, &req.url, &secret, Utc::now()).await?;
+    let format =
+        req.format.as_deref().map(parse::<broadcast_core::EndpointFormat>).transpose()?.unwrap_or_default();
+    let ep = app.store.add_endpoint_with_format(&key, &req.url, &secret, format, Utc::now()).await?;
     // The secret is shown once, here; it is never returned again.
     let mut v = json!(ep);
     v["secret"] = json!(secret);

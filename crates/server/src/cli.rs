@@ -255,6 +255,15 @@ pub enum EndpointCmd {
         url: String,
         #[arg(long)]
         secret: Option<String>,
+        /// broadcast (Broadcast's JSON, default), slack or teams.
+        #[arg(long, default_value = "broadcast")]
+        format: String,
+    },
+    /// Replace the signing secret (printed once); the old one keeps signing during the overlap.
+    Rotate {
+        id: String,
+        #[arg(long, default_value_t = 24)]
+        overlap_hours: i64,
     },
     /// Send to this endpoint again.
     Enable { id: String },
@@ -469,7 +478,18 @@ async fn execute(cli: Cli) -> Result<()> {
             let c = app.store.add_contact(&org, &email, &name, now).await?;
             println!("{}", c.id);
         }
-        Command::Endpoint(EndpointCmd::Add { org, url, secret }) => {
+        Command::Endpoint(EndpointCmd::Rotate { id, overlap_hours }) => {
+            if !(0..=24 * 30).contains(&overlap_hours) {
+                bail!("--overlap-hours {overlap_hours} must be between 0 and 720");
+            }
+            let secret = broadcast_distribute::sign::secret_from_bytes(&crate::auth::random_secret_bytes());
+            let until = Utc::now() + chrono::Duration::hours(overlap_hours);
+            let ep = app.store.rotate_endpoint_secret(&id.parse()?, &secret, until, "operator").await?;
+            eprintln!("new signing secret for {} (shown once); the old one also signs until {until}:", ep.id);
+            println!("{secret}");
+        }
+        Command::Endpoint(EndpointCmd::Add { org, url, secret, format }) => {
+            let format: broadcast_core::EndpointFormat = format.parse().map_err(anyhow::Error::msg)?;
             app.check_endpoint_url(&url).map_err(anyhow::Error::msg)?;
             let (secret, show) = match secret {
                 Some(s) => {
@@ -480,7 +500,7 @@ async fn execute(cli: Cli) -> Result<()> {
                     (broadcast_distribute::sign::secret_from_bytes(&crate::auth::random_secret_bytes()), true)
                 }
             };
-            let ep = app.store.add_endpoint(&org, &url, &secret, now).await?;
+            let ep = app.store.add_endpoint_with_format(&org, &url, &secret, format, now).await?;
             println!("{}", ep.id);
             if show {
                 eprintln!("signing secret (shown once; give it to the receiver):");

@@ -23,7 +23,7 @@ mod rows;
 use broadcast_core::{
     Action, Advisory, AdvisoryContent, AdvisoryId, Analyst, AnalystId, Assessment, Bulletin, BulletinContent,
     BulletinId, BulletinState, ChannelKind, Contact, ContactId, Delivery, DeliveryId, DeliveryState,
-    Endpoint, EndpointId, OrgId, Organisation, Role, ThreatLevel, Tlp, TransitionError,
+    Endpoint, EndpointFormat, EndpointId, OrgId, Organisation, Role, ThreatLevel, Tlp, TransitionError,
 };
 use chrono::{DateTime, Datelike, Utc};
 use rows::*;
@@ -252,10 +252,15 @@ fn migrator(files: &[(&'static str, &'static str)]) -> Migrator {
 const SQLITE_MIGRATIONS: &[(&str, &str)] = &[
     ("initial", include_str!("../migrations/sqlite/0001_initial.sql")),
     ("overrides and audit", include_str!("../migrations/sqlite/0002_overrides_audit.sql")),
+    ("endpoint rotation and format", include_str!("../migrations/sqlite/0003_endpoint_rotation_format.sql")),
 ];
 const POSTGRES_MIGRATIONS: &[(&str, &str)] = &[
     ("initial", include_str!("../migrations/postgres/0001_initial.sql")),
     ("overrides and audit", include_str!("../migrations/postgres/0002_overrides_audit.sql")),
+    (
+        "endpoint rotation and format",
+        include_str!("../migrations/postgres/0003_endpoint_rotation_format.sql"),
+    ),
 ];
 
 /// Whether a candidate list includes advisories triage found irrelevant.
@@ -1156,6 +1161,18 @@ impl Store {
         secret: &str,
         now: DateTime<Utc>,
     ) -> Result<Endpoint> {
+        self.add_endpoint_with_format(org, url, secret, EndpointFormat::Broadcast, now).await
+    }
+
+    /// Adds a webhook endpoint receiving `format`.
+    pub async fn add_endpoint_with_format(
+        &self,
+        org: &str,
+        url: &str,
+        secret: &str,
+        format: EndpointFormat,
+        now: DateTime<Utc>,
+    ) -> Result<Endpoint> {
         let lower = url.trim().to_ascii_lowercase();
         if !(lower.starts_with("https://") || lower.starts_with("http://")) {
             return Err(StoreError::Invalid {
@@ -1169,12 +1186,15 @@ impl Store {
             org_id: org.id.clone(),
             url: url.trim().to_owned(),
             secret: secret.to_owned(),
+            previous_secret: None,
+            previous_secret_until: None,
             enabled: true,
+            format,
             created_at: db_time(now),
         };
         dispatch!(self, pool => {
-            sqlx::query("INSERT INTO endpoints (id, org_id, url, secret, enabled, created_at) VALUES ($1, $2, $3, $4, TRUE, $5)")
-                .bind(ep.id.as_str()).bind(org.id.as_str()).bind(&ep.url).bind(&ep.secret).bind(ep.created_at)
+            sqlx::query("INSERT INTO endpoints (id, org_id, url, secret, enabled, created_at, format) VALUES ($1, $2, $3, $4, TRUE, $5, $6)")
+                .bind(ep.id.as_str()).bind(org.id.as_str()).bind(&ep.url).bind(&ep.secret).bind(ep.created_at).bind(format.as_str())
                 .execute(pool).await?;
             Ok(ep)
         })
@@ -1261,6 +1281,34 @@ impl Store {
             }
             let action = if enabled { "endpoint.enable" } else { "endpoint.disable" };
             audit!(tx, actor, action, id, serde_json::json!({ "reason": reason, "pending_suppressed": suppressed }).to_string(), now);
+            tx.commit().await?;
+            Ok::<(), StoreError>(())
+        })?;
+        self.get_endpoint(id).await
+    }
+
+    /// Replaces an endpoint's signing secret. The old one keeps signing, alongside the new,
+    /// until `overlap_until`, so the receiver can switch without missing a message. Audited
+    /// (without either secret).
+    pub async fn rotate_endpoint_secret(
+        &self,
+        id: &EndpointId,
+        new_secret: &str,
+        overlap_until: DateTime<Utc>,
+        actor: &str,
+    ) -> Result<Endpoint> {
+        let now = db_time(Utc::now());
+        dispatch!(self, pool => {
+            let mut tx = pool.begin_write().await?;
+            let done = sqlx::query(
+                "UPDATE endpoints SET previous_secret = secret, previous_secret_until = $1, secret = $2 WHERE id = $3",
+            )
+            .bind(db_time(overlap_until)).bind(new_secret).bind(id.as_str())
+            .execute(&mut *tx).await?;
+            if done.rows_affected() == 0 {
+                return Err(not_found("endpoint", id));
+            }
+            audit!(tx, actor, "endpoint.rotate_secret", id, serde_json::json!({ "overlap_until": overlap_until }).to_string(), now);
             tx.commit().await?;
             Ok::<(), StoreError>(())
         })?;

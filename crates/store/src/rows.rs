@@ -223,6 +223,9 @@ pub(crate) struct EndpointRow {
     pub secret: String,
     pub enabled: bool,
     pub created_at: DateTime<Utc>,
+    pub previous_secret: Option<String>,
+    pub previous_secret_until: Option<DateTime<Utc>>,
+    pub format: String,
 }
 
 impl EndpointRow {
@@ -232,7 +235,10 @@ impl EndpointRow {
             org_id: parse_id(&self.org_id)?,
             url: self.url,
             secret: self.secret,
+            previous_secret: self.previous_secret,
+            previous_secret_until: self.previous_secret_until,
             enabled: self.enabled,
+            format: parse_enum("endpoint format", &self.format)?,
             created_at: self.created_at,
         })
     }

@@ -828,8 +828,31 @@ async fn disabling_and_replaying(s: Store) {
         "deliberate suppressions are not replayed: {suppressed}"
     );
 
+    let until = later + Duration::hours(24);
+    let rotated = s.rotate_endpoint_secret(&ep.id, "whsec_bmV3", until, "usr_admin").await.unwrap();
+    assert_eq!(
+        (rotated.secret.as_str(), rotated.previous_secret.as_deref()),
+        ("whsec_bmV3", Some("whsec_eA=="))
+    );
+    assert_eq!(rotated.signing_secrets(later), vec!["whsec_bmV3", "whsec_eA=="]);
+    assert_eq!(rotated.signing_secrets(until), vec!["whsec_bmV3"]);
+    let log = s.audit_entries(0, 100).await.unwrap();
+    let rotation = log.iter().find(|e| e.action == "endpoint.rotate_secret").unwrap();
+    assert!(!rotation.details.contains("whsec_"), "secrets never reach the audit log: {}", rotation.details);
+    let slack = s
+        .add_endpoint_with_format(
+            org.id.as_str(),
+            "https://hooks.slack.example/T1",
+            "whsec_eA==",
+            EndpointFormat::Slack,
+            t0(),
+        )
+        .await
+        .unwrap();
+    assert_eq!(s.get_endpoint(&slack.id).await.unwrap().format, EndpointFormat::Slack);
+
     let actions: Vec<String> = s.audit_entries(0, 100).await.unwrap().into_iter().map(|e| e.action).collect();
-    for a in ["endpoint.disable", "endpoint.enable", "delivery.replay"] {
+    for a in ["endpoint.disable", "endpoint.enable", "delivery.replay", "endpoint.rotate_secret"] {
         assert!(actions.iter().any(|x| x == a), "{a} audited: {actions:?}");
     }
     assert_eq!(s.verify_audit().await.unwrap().broken, None);

@@ -254,12 +254,13 @@ impl Worker {
                 if !ep.enabled {
                     return Err(DeliveryError::Permanent("endpoint disabled".into()));
                 }
+                let now = Utc::now();
                 let msg = WebhookMessage {
                     id: d.id.to_string(),
                     url: ep.url.clone(),
-                    secret: ep.secret.clone(),
-                    body: payload::bulletin_published(&bulletin, &bulletin_url),
-                    timestamp: Utc::now().timestamp(),
+                    secrets: ep.signing_secrets(now).into_iter().map(str::to_owned).collect(),
+                    body: payload::for_format(ep.format, &bulletin, &bulletin_url),
+                    timestamp: now.timestamp(),
                 };
                 self.webhook.deliver(&msg).await
             }
