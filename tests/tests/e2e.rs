@@ -517,6 +517,12 @@ schedule = "*/2 * * * * *"
     assert_eq!(outcomes, vec!["retry", "delivered"], "{attempts}");
     assert!(attempts["attempts"][0]["detail"].as_str().unwrap().starts_with("HTTP 503"), "{attempts}");
 
+    // Monitoring sees the same counts.
+    let metrics = api.http.get(format!("{base}/metrics")).send().await.unwrap().text().await.unwrap();
+    assert!(metrics.contains("broadcast_deliveries{state=\"delivered\"} 6\n"), "{metrics}");
+    assert!(metrics.contains("broadcast_bulletins{state=\"published\"} 1\n"), "{metrics}");
+    assert!(metrics.contains("broadcast_feed_consecutive_failures{feed=\"cisa-medical\"} 0\n"), "{metrics}");
+
     // The stored states, read by another process through the CLI.
     let stored: Value = serde_json::from_str(&cli(&config, &["deliveries", &reference, "--json"])).unwrap();
     assert_eq!(stored["counts"], status["counts"]);

@@ -111,6 +111,7 @@ impl<S: Send + Sync, T: serde::de::DeserializeOwned> axum::extract::FromRequest<
 pub fn router(app: App) -> Router {
     Router::new()
         .route("/healthz", get(healthz))
+        .route("/metrics", get(metrics))
         .route("/api/me", get(me))
         .route("/api/candidates", get(candidates))
         .route("/api/advisories/{id}", get(advisory))
@@ -140,6 +141,52 @@ pub fn router(app: App) -> Router {
 async fn healthz(State(app): State<App>) -> ApiResult<Json<Value>> {
     app.store.list_feed_states().await?;
     Ok(Json(json!({ "status": "ok" })))
+}
+
+/// Prometheus text format. Aggregate counts and feed health only: no advisory, bulletin or
+/// subscriber content.
+async fn metrics(State(app): State<App>) -> ApiResult<Response> {
+    use std::fmt::Write;
+    let m = app.store.metrics().await?;
+    let feeds = app.store.list_feed_states().await?;
+    let mut out = String::new();
+    let mut family = |name: &str, help: &str, rows: Vec<(String, f64)>| {
+        let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} gauge");
+        for (labels, v) in rows {
+            let _ = writeln!(out, "{name}{labels} {v}");
+        }
+    };
+    let label = |k: &str, v: &str| format!("{{{k}=\"{}\"}}", v.replace('\\', "\\\\").replace('"', "\\\""));
+    family(
+        "broadcast_deliveries",
+        "Outbox rows by state.",
+        m.deliveries.iter().map(|(s, n)| (label("state", s), *n as f64)).collect(),
+    );
+    family(
+        "broadcast_bulletins",
+        "Bulletins by state.",
+        m.bulletins.iter().map(|(s, n)| (label("state", s), *n as f64)).collect(),
+    );
+    family("broadcast_advisories", "Advisories stored.", vec![(String::new(), m.advisories as f64)]);
+    family(
+        "broadcast_relevant_candidates",
+        "Advisories triage (or an analyst) found relevant.",
+        vec![(String::new(), m.relevant_candidates as f64)],
+    );
+    family(
+        "broadcast_feed_consecutive_failures",
+        "Failed runs of a feed since its last success.",
+        feeds.iter().map(|f| (label("feed", &f.feed_id), f.consecutive_failures as f64)).collect(),
+    );
+    family(
+        "broadcast_feed_last_success_timestamp_seconds",
+        "Unix time of a feed's last successful run.",
+        feeds
+            .iter()
+            .filter_map(|f| f.last_success.map(|t| (label("feed", &f.feed_id), t.timestamp() as f64)))
+            .collect(),
+    );
+    Ok(([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], out).into_response())
 }
 
 async fn me(Authed(a): Authed) -> Json<Analyst> {

@@ -384,6 +384,15 @@ pub struct AuditCheck {
     pub broken: Option<(i64, String)>,
 }
 
+/// Counts for `/metrics`.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct Metrics {
+    pub deliveries: BTreeMap<String, i64>,
+    pub bulletins: BTreeMap<String, i64>,
+    pub advisories: i64,
+    pub relevant_candidates: i64,
+}
+
 /// An analyst's correction of triage's verdict on one revision.
 #[derive(Clone, Debug, PartialEq, Serialize)]
 pub struct OverrideInfo {
@@ -674,6 +683,28 @@ impl Store {
             Ok::<(), StoreError>(())
         })?;
         self.candidate(id).await?.ok_or_else(|| not_found("advisory", id))
+    }
+
+    /// Counts for monitoring: outbox rows and bulletins by state, advisories, relevant
+    /// candidates.
+    pub async fn metrics(&self) -> Result<Metrics> {
+        dispatch!(self, pool => {
+            let deliveries: Vec<(String, i64)> =
+                sqlx::query_as("SELECT state, COUNT(*) FROM deliveries GROUP BY state").fetch_all(pool).await?;
+            let bulletins: Vec<(String, i64)> =
+                sqlx::query_as("SELECT state, COUNT(*) FROM bulletins GROUP BY state").fetch_all(pool).await?;
+            let (advisories,): (i64,) = sqlx::query_as("SELECT COUNT(*) FROM advisories").fetch_one(pool).await?;
+            let (relevant,): (i64,) = sqlx::query_as(sqlx::AssertSqlSafe(format!(
+                "SELECT COUNT(*) FROM ({CANDIDATES} WHERE COALESCE(o.relevant, s.relevant)) c"
+            )))
+            .fetch_one(pool)
+            .await?;
+            let mut by_state: BTreeMap<String, i64> = DeliveryState::ALL.iter().map(|s| (s.as_str().to_owned(), 0)).collect();
+            by_state.extend(deliveries);
+            let mut b_state: BTreeMap<String, i64> = BulletinState::ALL.iter().map(|s| (s.as_str().to_owned(), 0)).collect();
+            b_state.extend(bulletins);
+            Ok(Metrics { deliveries: by_state, bulletins: b_state, advisories, relevant_candidates: relevant })
+        })
     }
 
     // ----- audit ------------------------------------------------------------------------
