@@ -156,6 +156,14 @@ pub enum BenchCmd {
         #[arg(long)]
         corpus: Option<PathBuf>,
     },
+    /// Approval to first delivery, p50 and p99, with the real worker and a local receiver.
+    Latency {
+        #[arg(long, default_value_t = 200)]
+        bulletins: usize,
+        /// Store to measure on (default: a throwaway SQLite file), e.g. postgres://…/db.
+        #[arg(long)]
+        store: Option<String>,
+    },
 }
 
 #[derive(Subcommand)]
@@ -314,6 +322,18 @@ async fn execute(cli: Cli) -> Result<()> {
                 None => None,
             };
             return crate::triage_tools::bench(*advisories, *watchlist, corpus.as_deref(), base.as_ref());
+        }
+        Command::Bench(BenchCmd::Latency { bulletins, store }) => {
+            if *bulletins == 0 {
+                bail!("--bulletins must be at least 1");
+            }
+            // Unsubscribe links are not used by the benchmark: it needs no secret of the operator's.
+            let mut s = settings.clone();
+            if s.security.link_secret.len() < 32 {
+                s.security.link_secret = "benchmark-only-link-secret-0123456789".into();
+            }
+            s.validate()?;
+            return crate::delivery_bench::latency(s, *bulletins, store.clone()).await;
         }
         Command::Triage(TriageCmd::Eval { labels, require_recall, require_precision }) => {
             let rules = settings.triage_rules()?;

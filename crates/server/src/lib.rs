@@ -10,6 +10,7 @@ pub mod app;
 pub mod auth;
 pub mod cli;
 pub mod config;
+pub mod delivery_bench;
 pub mod seed;
 pub mod stages;
 pub mod triage_tools;

@@ -323,3 +323,17 @@ fn overrides_are_stored_shown_and_audited() {
     assert!(log.contains("triage.override") && log.contains(&id), "{log}");
     assert!(e.ok(&["audit", "verify"]).contains("audit log intact: 1 entries"));
 }
+
+#[test]
+fn latency_benchmark_runs_and_reports() {
+    // Not a timing assertion: the command must work and print its numbers.
+    let e = Env::new("");
+    let out = e.ok(&["bench", "latency", "--bulletins", "3"]);
+    assert!(
+        out.starts_with("approval to first delivery (Sqlite, 3 bulletins, one webhook each): p50 "),
+        "{out}"
+    );
+    assert!(out.contains(" ms, p99 ") && out.contains(" ms, max "), "{out}");
+    let err = e.fails(&["bench", "latency", "--bulletins", "0"]);
+    assert!(err.contains("--bulletins must be at least 1"), "{err}");
+}
