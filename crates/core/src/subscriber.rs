@@ -17,7 +17,38 @@ pub struct Organisation {
     pub tlp_clearance: Tlp,
     /// Bulletins below this level are not sent (recorded as suppressed).
     pub min_threat_level: ThreatLevel,
+    /// Vendors and products this organisation runs. Empty: every bulletin. Otherwise a
+    /// bulletin goes to it only if one of these names appears in its title or affected
+    /// products (see [`Organisation::interested_in`]).
+    #[serde(default)]
+    pub interests: Vec<String>,
     pub created_at: DateTime<Utc>,
+}
+
+impl Organisation {
+    /// Whether a bulletin concerns this organisation's interests: case-insensitive, at word
+    /// boundaries, in the title or the affected products. No interests means everything.
+    pub fn interested_in(&self, b: &crate::BulletinContent) -> bool {
+        if self.interests.is_empty() {
+            return true;
+        }
+        let mut text = b.title.to_lowercase();
+        for p in &b.affected_products {
+            text.push('\n');
+            text.push_str(&p.to_lowercase());
+        }
+        self.interests.iter().any(|i| contains_word(&text, &i.trim().to_lowercase()))
+    }
+}
+
+fn contains_word(haystack: &str, needle: &str) -> bool {
+    if needle.is_empty() {
+        return false;
+    }
+    let word = |c: Option<char>| c.is_some_and(char::is_alphanumeric);
+    haystack.match_indices(needle).any(|(i, m)| {
+        !word(haystack[..i].chars().next_back()) && !word(haystack[i + m.len()..].chars().next())
+    })
 }
 
 /// A person at an organisation who receives bulletins by email.
@@ -201,6 +232,36 @@ mod tests {
         assert_eq!(ep.signing_secrets(t), vec!["whsec_new"]);
         assert_eq!("teams".parse::<EndpointFormat>().unwrap(), EndpointFormat::Teams);
         assert!("fax".parse::<EndpointFormat>().unwrap_err().contains("fax"));
+    }
+
+    #[test]
+    fn interests_filter_by_title_and_affected_products() {
+        use chrono::TimeZone;
+        let mut org = Organisation {
+            id: OrgId::from_suffix("o"),
+            name: "Riverside GP".into(),
+            tlp_clearance: Tlp::Green,
+            min_threat_level: ThreatLevel::Information,
+            interests: vec![],
+            created_at: Utc.with_ymd_and_hms(2026, 1, 1, 0, 0, 0).unwrap(),
+        };
+        let b = crate::BulletinContent {
+            title: "Flaw in EMIS Web".into(),
+            threat_level: ThreatLevel::High,
+            tlp: Tlp::Clear,
+            summary: String::new(),
+            affected_products: vec!["Philips IntelliVue MX40".into()],
+            remediation: String::new(),
+            references: vec![],
+            cves: vec![],
+        };
+        assert!(org.interested_in(&b), "no interests: everything");
+        org.interests = vec!["emis".into()];
+        assert!(org.interested_in(&b));
+        org.interests = vec!["IntelliVue".into(), "Baxter".into()];
+        assert!(org.interested_in(&b), "affected products count");
+        org.interests = vec!["Baxter".into(), "EM".into()];
+        assert!(!org.interested_in(&b), "whole words only");
     }
 
     #[test]

@@ -131,6 +131,7 @@ pub fn router(app: App) -> Router {
         .route("/api/organisations", get(list_orgs).post(create_org))
         .route("/api/organisations/{key}", get(get_org))
         .route("/api/organisations/{key}/contacts", post(add_contact))
+        .route("/api/organisations/{key}/interests", axum::routing::put(set_interests))
         .route("/api/organisations/{key}/endpoints", post(add_endpoint))
         .route("/api/feeds", get(feeds))
         .route("/unsubscribe", get(unsubscribe_page).post(unsubscribe_post))
@@ -575,6 +576,24 @@ async fn get_org(State(app): State<App>, _: Authed, Path(key): Path<String>) -> 
     let contacts = app.store.list_contacts(&org.id).await?;
     let endpoints = app.store.list_endpoints(&org.id).await?;
     Ok(Json(json!({ "organisation": org, "contacts": contacts, "endpoints": endpoints })))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Interests {
+    interests: Vec<String>,
+}
+
+/// Sets the vendors and products an organisation runs (empty list: every bulletin).
+async fn set_interests(
+    State(app): State<App>,
+    Authed(a): Authed,
+    Path(key): Path<String>,
+    JsonBody(req): JsonBody<Interests>,
+) -> ApiResult<Json<Value>> {
+    require(&a, a.role.can_administer(), "manage organisations")?;
+    let org = app.store.set_organisation_interests(&key, &req.interests, a.id.as_str()).await?;
+    Ok(Json(json!(org)))
 }
 
 #[derive(Deserialize)]

@@ -242,6 +242,12 @@ pub enum OrgCmd {
     Show {
         org: String,
     },
+    /// Set the vendors and products an organisation runs; bulletins about none of them are
+    /// not sent to it. No names: every bulletin again.
+    Interests {
+        org: String,
+        names: Vec<String>,
+    },
 }
 
 #[derive(Subcommand)]
@@ -480,6 +486,14 @@ async fn execute(cli: Cli) -> Result<()> {
                         o.min_threat_level,
                         o.id
                     );
+                }
+            }
+            OrgCmd::Interests { org, names } => {
+                let o = app.store.set_organisation_interests(&org, &names, "operator").await?;
+                if o.interests.is_empty() {
+                    println!("{} receives every bulletin", o.name);
+                } else {
+                    println!("{} receives bulletins about: {}", o.name, o.interests.join(", "));
                 }
             }
             OrgCmd::Show { org } => {

@@ -35,6 +35,9 @@ pub struct SeedOrg {
     pub tlp_clearance: Option<String>,
     #[serde(default)]
     pub min_threat_level: Option<String>,
+    /// Vendors and products the organisation runs (empty: every bulletin).
+    #[serde(default)]
+    pub interests: Vec<String>,
     #[serde(default)]
     pub contacts: Vec<SeedContact>,
     #[serde(default)]
@@ -126,7 +129,12 @@ pub async fn apply(store: &Store, seed: &SeedFile) -> Result<SeedReport> {
                     .transpose()?
                     .unwrap_or(ThreatLevel::Information);
                 report.organisations += 1;
-                store.create_organisation(&o.name, tlp, level, now).await?
+                let org = store.create_organisation(&o.name, tlp, level, now).await?;
+                if !o.interests.is_empty() {
+                    store.set_organisation_interests(org.id.as_str(), &o.interests, "seed").await?
+                } else {
+                    org
+                }
             }
             Err(e) => return Err(e.into()),
         };

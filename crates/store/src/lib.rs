@@ -253,6 +253,7 @@ const SQLITE_MIGRATIONS: &[(&str, &str)] = &[
     ("initial", include_str!("../migrations/sqlite/0001_initial.sql")),
     ("overrides and audit", include_str!("../migrations/sqlite/0002_overrides_audit.sql")),
     ("endpoint rotation and format", include_str!("../migrations/sqlite/0003_endpoint_rotation_format.sql")),
+    ("organisation interests", include_str!("../migrations/sqlite/0004_org_interests.sql")),
 ];
 const POSTGRES_MIGRATIONS: &[(&str, &str)] = &[
     ("initial", include_str!("../migrations/postgres/0001_initial.sql")),
@@ -261,6 +262,7 @@ const POSTGRES_MIGRATIONS: &[(&str, &str)] = &[
         "endpoint rotation and format",
         include_str!("../migrations/postgres/0003_endpoint_rotation_format.sql"),
     ),
+    ("organisation interests", include_str!("../migrations/postgres/0004_org_interests.sql")),
 ];
 
 /// Whether a candidate list includes advisories triage found irrelevant.
@@ -1128,6 +1130,7 @@ impl Store {
             name: name.to_owned(),
             tlp_clearance,
             min_threat_level,
+            interests: Vec::new(),
             created_at: db_time(now),
         };
         dispatch!(self, pool => {
@@ -1153,6 +1156,34 @@ impl Store {
             let rows: Vec<OrgRow> = sqlx::query_as("SELECT * FROM organisations ORDER BY name").fetch_all(pool).await?;
             rows.into_iter().map(OrgRow::into_org).collect()
         })
+    }
+
+    /// Sets the vendors and products an organisation runs (empty: every bulletin). Audited.
+    pub async fn set_organisation_interests(
+        &self,
+        key: &str,
+        interests: &[String],
+        actor: &str,
+    ) -> Result<Organisation> {
+        let cleaned: Vec<String> =
+            interests.iter().map(|i| i.trim().to_owned()).filter(|i| !i.is_empty()).collect();
+        if cleaned.iter().any(|i| i.chars().count() > 200) {
+            return Err(StoreError::Invalid {
+                what: "interests",
+                why: "an interest is longer than 200 characters".into(),
+            });
+        }
+        let org = self.get_organisation(key).await?;
+        let now = db_time(Utc::now());
+        dispatch!(self, pool => {
+            let mut tx = pool.begin_write().await?;
+            sqlx::query("UPDATE organisations SET interests = $1 WHERE id = $2")
+                .bind(to_json(&cleaned)).bind(org.id.as_str()).execute(&mut *tx).await?;
+            audit!(tx, actor, "organisation.interests", org.id, serde_json::json!({ "interests": cleaned }).to_string(), now);
+            tx.commit().await?;
+            Ok::<(), StoreError>(())
+        })?;
+        self.get_organisation(org.id.as_str()).await
     }
 
     /// Adds an email contact to an organisation (by id or name).
@@ -1612,6 +1643,8 @@ fn plan_fan_out(
             Some(format!("organisation not cleared for {tlp}"))
         } else if level < org.min_threat_level {
             Some(format!("below the organisation's minimum threat level ({})", org.min_threat_level))
+        } else if !org.interested_in(&b.content) {
+            Some(format!("outside the organisation's interests ({})", org.interests.join(", ")))
         } else {
             None
         };

@@ -178,6 +178,7 @@ pub(crate) struct OrgRow {
     pub tlp_clearance: String,
     pub min_threat_level: String,
     pub created_at: DateTime<Utc>,
+    pub interests: String,
 }
 
 impl OrgRow {
@@ -187,6 +188,7 @@ impl OrgRow {
             name: self.name,
             tlp_clearance: parse_enum("TLP clearance", &self.tlp_clearance)?,
             min_threat_level: parse_enum("threat level", &self.min_threat_level)?,
+            interests: from_json(&self.interests)?,
             created_at: self.created_at,
         })
     }

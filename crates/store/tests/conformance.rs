@@ -132,6 +132,7 @@ conformance!(
     feed_state_tracks_health,
     overrides_apply_to_their_revision_and_are_audited,
     disabling_and_replaying,
+    interests_target_organisations,
 );
 
 mod audit_tampering {
@@ -856,4 +857,45 @@ async fn disabling_and_replaying(s: Store) {
         assert!(actions.iter().any(|x| x == a), "{a} audited: {actions:?}");
     }
     assert_eq!(s.verify_audit().await.unwrap().broken, None);
+}
+
+async fn interests_target_organisations(s: Store) {
+    let (alice, bob, _) = setup_people(&s).await;
+    let gp = s.create_organisation("Riverside GP", Tlp::Green, ThreatLevel::Information, t0()).await.unwrap();
+    s.add_contact(gp.id.as_str(), "pm@riverside.nhs.test", "", t0()).await.unwrap();
+    let gp = s
+        .set_organisation_interests(
+            "Riverside GP",
+            &["EMIS Web".into(), " Docman ".into(), "".into()],
+            "usr_admin",
+        )
+        .await
+        .unwrap();
+    assert_eq!(gp.interests, vec!["EMIS Web", "Docman"]);
+    let hospital =
+        s.create_organisation("Northshire", Tlp::Green, ThreatLevel::Information, t0()).await.unwrap();
+    s.add_contact(hospital.id.as_str(), "soc@northshire.nhs.test", "", t0()).await.unwrap();
+
+    let mut pacs = content("Philips Vue PACS flaw", Tlp::Clear, ThreatLevel::High);
+    pacs.affected_products = vec!["Philips Vue PACS".into()];
+    let mut emis = content("EMIS Web remote code execution", Tlp::Clear, ThreatLevel::High);
+    emis.affected_products = vec![];
+    let mut states = Vec::new();
+    for c in [pacs, emis] {
+        let b = s.create_bulletin(&c, &[], &alice.id, "HCB", t0()).await.unwrap();
+        for (who, action) in [(&alice, Action::Submit), (&bob, Action::Approve), (&alice, Action::Publish)] {
+            s.transition_bulletin(b.id.as_str(), action, &who.id, None, None, t0()).await.unwrap();
+        }
+        let rows = s.deliveries_for_bulletin(&b.id).await.unwrap();
+        let gp_row = rows.iter().find(|d| d.address == "pm@riverside.nhs.test").unwrap();
+        let hospital_row = rows.iter().find(|d| d.address == "soc@northshire.nhs.test").unwrap();
+        assert_eq!(hospital_row.state, DeliveryState::Pending, "no interests: every bulletin");
+        states.push((gp_row.state, gp_row.reason.clone()));
+    }
+    assert_eq!(
+        states[0],
+        (DeliveryState::Suppressed, Some("outside the organisation's interests (EMIS Web, Docman)".into()))
+    );
+    assert_eq!(states[1], (DeliveryState::Pending, None));
+    assert!(s.audit_entries(0, 100).await.unwrap().iter().any(|e| e.action == "organisation.interests"));
 }
