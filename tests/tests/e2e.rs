@@ -177,8 +177,14 @@ fn start_smtp(maildir: &Path) -> (Proc, u16) {
 }
 
 fn start_smtp_on(maildir: &Path, port: u16) -> (Proc, u16) {
+    start_smtp_with(maildir, port, "aiosmtpd.handlers.Mailbox")
+}
+
+/// aiosmtpd with a handler class; `tests/fixtures` is on the Python path for our own.
+fn start_smtp_with(maildir: &Path, port: u16, handler: &str) -> (Proc, u16) {
     let child = Command::new("python3")
-        .args(["-m", "aiosmtpd", "-n", "-l", &format!("127.0.0.1:{port}"), "-c", "aiosmtpd.handlers.Mailbox"])
+        .args(["-m", "aiosmtpd", "-n", "-l", &format!("127.0.0.1:{port}"), "-c", handler])
+        .env("PYTHONPATH", repo().join("tests/fixtures"))
         .arg(maildir)
         .stdout(Stdio::null())
         .stderr(Stdio::inherit())
@@ -915,4 +921,108 @@ retry_delays_secs = [1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1]
         "SMTP stopped after {before_restart} of {N}; all {N} delivered after its restart ({} files)",
         received()
     );
+}
+
+/// A real SMTP server refuses one address with 550: after three hard bounces the address is
+/// suppressed, and the next bulletin is not sent to it (recorded as suppressed, with why).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn repeated_hard_bounces_suppress_the_address() {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let dir = tempfile::tempdir().unwrap();
+    let maildir = dir.path().join("maildir");
+    let (_smtp, smtp_port) = start_smtp_with(&maildir, free_port(), "smtp_reject.RejectNobody");
+    let api_port = free_port();
+    let base = format!("http://127.0.0.1:{api_port}");
+    let seed = dir.path().join("seed.toml");
+    std::fs::write(
+        &seed,
+        "[[analysts]]\nname = \"alice\"\nrole = \"analyst\"\ntoken = \"alice-token-0000000000\"\n\
+         [[analysts]]\nname = \"bob\"\nrole = \"approver\"\ntoken = \"bob-token-00000000000\"\n\
+         [[organisations]]\nname = \"Trust\"\ntlp_clearance = \"CLEAR\"\n\
+         contacts = [{ email = \"nobody@trust.nhs.test\" }, { email = \"reader@trust.nhs.test\" }]\n",
+    )
+    .unwrap();
+    let config = dir.path().join("broadcast.toml");
+    std::fs::write(
+        &config,
+        format!(
+            r#"
+seed_file = "{seed}"
+feeds = []
+[store]
+url = "sqlite://{db}"
+[api]
+listen = "127.0.0.1:{api_port}"
+public_url = "{base}"
+[security]
+link_secret = "bounce-test-link-secret-0123456789abcdef"
+[bulletins]
+templates_dir = "{templates}"
+[triage]
+watchlist_file = "{watchlist}"
+[email]
+from = "NHS Broadcast <bulletins@broadcast.test>"
+list_id = "bulletins.broadcast.test"
+transport = "smtp"
+[email.smtp]
+host = "127.0.0.1"
+port = {smtp_port}
+tls = "none"
+[delivery]
+poll_interval_ms = 200
+suppress_after_hard_bounces = 3
+"#,
+            seed = seed.display(),
+            db = dir.path().join("broadcast.db").display(),
+            templates = repo().join("bulletin-templates").display(),
+            watchlist = repo().join("config/watchlist.toml").display(),
+        ),
+    )
+    .unwrap();
+    let _server = start_server(&config, &dir.path().join("server.log"), &base).await;
+    let api = Api { base: base.clone(), http: reqwest::Client::new() };
+    let (alice, bob) = ("alice-token-0000000000", "bob-token-00000000000");
+    let mut nobody = Vec::new();
+    for n in 1..=4 {
+        let (s, b) = api
+            .post(
+                alice,
+                "/api/bulletins",
+                json!({ "title": format!("Bulletin {n}"), "threat_level": "High" }),
+            )
+            .await;
+        assert_eq!(s, StatusCode::CREATED, "{b}");
+        let reference = b["reference"].as_str().unwrap().to_owned();
+        for (who, action) in [(alice, "submit"), (bob, "approve"), (alice, "publish")] {
+            let (s, v) = api.post(who, &format!("/api/bulletins/{reference}/{action}"), json!({})).await;
+            assert_eq!(s, StatusCode::OK, "{action}: {v}");
+        }
+        let status = wait_for("the bulletin's deliveries", 60, || async {
+            let v = api.get(alice, &format!("/api/bulletins/{reference}/deliveries")).await;
+            (v["counts"]["pending"] == 0).then_some(v)
+        })
+        .await;
+        let rows = status["deliveries"].as_array().unwrap().clone();
+        let reader = rows.iter().find(|d| d["address"] == "reader@trust.nhs.test").unwrap();
+        assert_eq!(reader["state"], "delivered", "bulletin {n}: the good address is unaffected");
+        nobody.push(rows.iter().find(|d| d["address"] == "nobody@trust.nhs.test").unwrap().clone());
+    }
+    for (n, row) in nobody.iter().take(3).enumerate() {
+        assert_eq!(row["state"], "failed", "bulletin {}: {row}", n + 1);
+        assert!(row["reason"].as_str().unwrap().starts_with("550 "), "{row}");
+        assert_eq!(row["attempts"], 1, "a hard bounce is not retried");
+    }
+    assert_eq!(nobody[3]["state"], "suppressed", "{}", nobody[3]);
+    assert!(
+        nobody[3]["reason"]
+            .as_str()
+            .unwrap()
+            .starts_with("address suppressed after 3 hard bounces (last: 550 "),
+        "{}",
+        nobody[3]
+    );
+    let org = api.get(alice, "/api/organisations/Trust").await;
+    let c =
+        org["contacts"].as_array().unwrap().iter().find(|c| c["email"] == "nobody@trust.nhs.test").unwrap();
+    assert!(c["suppressed_reason"].as_str().is_some(), "{c}");
 }

@@ -59,6 +59,9 @@ pub struct Contact {
     pub email: String,
     pub name: String,
     pub unsubscribed: bool,
+    /// Set when the address kept hard-bouncing: no more email goes to it.
+    #[serde(default)]
+    pub suppressed_reason: Option<String>,
     pub created_at: DateTime<Utc>,
 }
 

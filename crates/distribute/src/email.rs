@@ -252,7 +252,12 @@ impl Channel for EmailChannel {
                         300,
                     ),
                 }),
-                Err(e) if e.is_permanent() => Err(DeliveryError::Permanent(excerpt(&e.to_string(), 500))),
+                // Permanent replies start with their code ("550 …"), so they can be counted as
+                // hard bounces.
+                Err(e) if e.is_permanent() => {
+                    let code = e.status().map(|c| c.to_string()).unwrap_or_else(|| "5xx".into());
+                    Err(DeliveryError::Permanent(excerpt(&format!("{code} {e}"), 500)))
+                }
                 Err(e) => Err(DeliveryError::Transient(excerpt(&broadcast_core::error_chain(&e), 500))),
             },
             Transport::File(t) => match t.send(msg).await {

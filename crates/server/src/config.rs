@@ -84,6 +84,8 @@ pub struct DeliverySettings {
     /// Most webhook requests in flight to one host, and to one endpoint.
     pub per_host_concurrency: usize,
     pub per_endpoint_concurrency: usize,
+    /// An email address is suppressed after this many hard bounces (SMTP 5xx) in 30 days.
+    pub suppress_after_hard_bounces: i64,
     pub lease_secs: u64,
     pub poll_interval_ms: u64,
     /// Delays before attempts 2, 3, …; after the last the delivery fails.
@@ -235,6 +237,9 @@ impl Settings {
         renderer.self_check().map_err(|e| anyhow::anyhow!("bulletins.templates_dir: {e}"))?;
         if self.delivery.batch_size < 1 || self.delivery.concurrency < 1 {
             bail!("delivery.batch_size and delivery.concurrency must be at least 1");
+        }
+        if self.delivery.suppress_after_hard_bounces < 1 {
+            bail!("delivery.suppress_after_hard_bounces must be at least 1");
         }
         if self.delivery.per_host_concurrency < 1 || self.delivery.per_endpoint_concurrency < 1 {
             bail!("delivery.per_host_concurrency and delivery.per_endpoint_concurrency must be at least 1");

@@ -209,8 +209,8 @@ macro_rules! audit {
 macro_rules! fan_out {
     ($tx:expr, $b:expr, $now:expr) => {{
         let orgs: Vec<OrgRow> = sqlx::query_as("SELECT * FROM organisations ORDER BY id").fetch_all(&mut *$tx).await?;
-        let contacts: Vec<(String, String, String, bool)> =
-            sqlx::query_as("SELECT id, org_id, email, unsubscribed FROM contacts ORDER BY id").fetch_all(&mut *$tx).await?;
+        let contacts: Vec<(String, String, String, bool, Option<String>)> =
+            sqlx::query_as("SELECT id, org_id, email, unsubscribed, suppressed_reason FROM contacts ORDER BY id").fetch_all(&mut *$tx).await?;
         let endpoints: Vec<(String, String, String, bool)> =
             sqlx::query_as("SELECT id, org_id, url, enabled FROM endpoints ORDER BY id").fetch_all(&mut *$tx).await?;
         let rows = plan_fan_out($b, orgs, &contacts, &endpoints)?;
@@ -254,6 +254,7 @@ const SQLITE_MIGRATIONS: &[(&str, &str)] = &[
     ("overrides and audit", include_str!("../migrations/sqlite/0002_overrides_audit.sql")),
     ("endpoint rotation and format", include_str!("../migrations/sqlite/0003_endpoint_rotation_format.sql")),
     ("organisation interests", include_str!("../migrations/sqlite/0004_org_interests.sql")),
+    ("contact bounces", include_str!("../migrations/sqlite/0005_contact_bounces.sql")),
 ];
 const POSTGRES_MIGRATIONS: &[(&str, &str)] = &[
     ("initial", include_str!("../migrations/postgres/0001_initial.sql")),
@@ -263,6 +264,7 @@ const POSTGRES_MIGRATIONS: &[(&str, &str)] = &[
         include_str!("../migrations/postgres/0003_endpoint_rotation_format.sql"),
     ),
     ("organisation interests", include_str!("../migrations/postgres/0004_org_interests.sql")),
+    ("contact bounces", include_str!("../migrations/postgres/0005_contact_bounces.sql")),
 ];
 
 /// Whether a candidate list includes advisories triage found irrelevant.
@@ -1186,6 +1188,39 @@ impl Store {
         self.get_organisation(org.id.as_str()).await
     }
 
+    /// Records that a delivery to a contact hard-bounced (an SMTP 5xx). After `threshold`
+    /// failed deliveries with a 5xx reply within 30 days the address is suppressed: no more
+    /// email goes to it, its pending deliveries are suppressed, and it is audited. Returns
+    /// whether the address is now suppressed.
+    pub async fn record_hard_bounce(&self, id: &ContactId, reply: &str, threshold: i64) -> Result<bool> {
+        let now = db_time(Utc::now());
+        let since = now - chrono::Duration::days(30);
+        dispatch!(self, pool => {
+            let mut tx = pool.begin_write().await?;
+            let (bounces,): (i64,) = sqlx::query_as(
+                "SELECT COUNT(*) FROM deliveries WHERE channel = 'email' AND recipient_id = $1 AND state = 'failed'
+                   AND reason LIKE '5%' AND created_at >= $2",
+            )
+            .bind(id.as_str()).bind(since).fetch_one(&mut *tx).await?;
+            if bounces < threshold {
+                return Ok(false);
+            }
+            let reason = format!("address suppressed after {bounces} hard bounces (last: {})", reply.chars().take(120).collect::<String>());
+            let done = sqlx::query("UPDATE contacts SET suppressed_reason = $1 WHERE id = $2 AND suppressed_reason IS NULL")
+                .bind(&reason).bind(id.as_str()).execute(&mut *tx).await?;
+            if done.rows_affected() > 0 {
+                sqlx::query(
+                    "UPDATE deliveries SET state = 'suppressed', reason = $1, lease_until = NULL, leased_by = NULL
+                     WHERE channel = 'email' AND recipient_id = $2 AND state = 'pending'",
+                )
+                .bind(&reason).bind(id.as_str()).execute(&mut *tx).await?;
+                audit!(tx, "system", "contact.suppress", id, serde_json::json!({ "reason": reason }).to_string(), now);
+            }
+            tx.commit().await?;
+            Ok(true)
+        })
+    }
+
     /// Adds an email contact to an organisation (by id or name).
     pub async fn add_contact(
         &self,
@@ -1203,6 +1238,7 @@ impl Store {
             email: email.trim().to_owned(),
             name: name.trim().to_owned(),
             unsubscribed: false,
+            suppressed_reason: None,
             created_at: db_time(now),
         };
         dispatch!(self, pool => {
@@ -1631,7 +1667,7 @@ struct NewDelivery {
 fn plan_fan_out(
     b: &Bulletin,
     orgs: Vec<OrgRow>,
-    contacts: &[(String, String, String, bool)],
+    contacts: &[(String, String, String, bool, Option<String>)],
     endpoints: &[(String, String, String, bool)],
 ) -> Result<Vec<NewDelivery>> {
     let tlp = b.content.tlp;
@@ -1659,8 +1695,11 @@ fn plan_fan_out(
                 reason,
             })
         };
-        for (cid, _, email, unsubscribed) in contacts.iter().filter(|c| c.1 == org.id.as_str()) {
-            let reason = org_block.clone().or_else(|| unsubscribed.then(|| "unsubscribed".to_owned()));
+        for (cid, _, email, unsubscribed, bounced) in contacts.iter().filter(|c| c.1 == org.id.as_str()) {
+            let reason = org_block
+                .clone()
+                .or_else(|| unsubscribed.then(|| "unsubscribed".to_owned()))
+                .or_else(|| bounced.clone());
             push(ChannelKind::Email, cid, email, reason);
         }
         for (eid, _, url, enabled) in endpoints.iter().filter(|e| e.1 == org.id.as_str()) {

@@ -202,6 +202,7 @@ pub(crate) struct ContactRow {
     pub name: String,
     pub unsubscribed: bool,
     pub created_at: DateTime<Utc>,
+    pub suppressed_reason: Option<String>,
 }
 
 impl ContactRow {
@@ -212,6 +213,7 @@ impl ContactRow {
             email: self.email,
             name: self.name,
             unsubscribed: self.unsubscribed,
+            suppressed_reason: self.suppressed_reason,
             created_at: self.created_at,
         })
     }

@@ -116,9 +116,15 @@ impl Worker {
         let duration_ms = clock.elapsed().as_millis() as i64;
         let attempts_made = d.attempts as u32 + 1;
         let mut gone: Option<String> = None;
+        let mut hard_bounce: Option<String> = None;
         let (outcome, detail) = match result {
             Ok(Receipt { detail }) => (AttemptOutcome::Delivered, detail),
-            Err(DeliveryError::Permanent(e)) => (AttemptOutcome::Failed { error: e.clone() }, e),
+            Err(DeliveryError::Permanent(e)) => {
+                if d.channel == ChannelKind::Email && e.starts_with('5') {
+                    hard_bounce = Some(e.clone());
+                }
+                (AttemptOutcome::Failed { error: e.clone() }, e)
+            }
             Err(DeliveryError::Gone(e)) => {
                 gone = Some(e.clone());
                 (AttemptOutcome::Failed { error: format!("{e} (endpoint disabled)") }, e)
@@ -172,6 +178,19 @@ impl Worker {
             // same webhook-id / Message-ID, never a loss.
             tracing::error!(delivery.id = %d.id, error = %e, "could not record attempt");
         }
+        // Count hard bounces only once this failure is on record.
+        if let Some(reply) = hard_bounce
+            && let Ok(cid) = d.recipient_id.parse::<ContactId>()
+        {
+            let threshold = self.app.settings.delivery.suppress_after_hard_bounces;
+            match self.app.store.record_hard_bounce(&cid, &reply, threshold).await {
+                Ok(true) => {
+                    tracing::warn!(contact.id = %cid, "address suppressed after repeated hard bounces")
+                }
+                Ok(false) => {}
+                Err(err) => tracing::error!(contact.id = %cid, error = %err, "could not record hard bounce"),
+            }
+        }
         // The receiver said the endpoint is gone: stop sending to it at all. Only after this
         // attempt is on record, or disabling would suppress the in-flight delivery itself.
         if let Some(reason) = gone
@@ -223,6 +242,9 @@ impl Worker {
                 let contact = self.app.store.get_contact(&cid).await.map_err(store_err)?;
                 if contact.unsubscribed {
                     return Err(DeliveryError::Permanent("contact unsubscribed".into()));
+                }
+                if let Some(why) = &contact.suppressed_reason {
+                    return Err(DeliveryError::Permanent(format!("not sent: {why}")));
                 }
                 let unsubscribe_url = self.app.unsubscribe_url(contact.id.as_str());
                 let ctx = EmailContext {
