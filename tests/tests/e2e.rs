@@ -172,16 +172,14 @@ async fn start_receiver(seen: Arc<Mutex<Vec<Hook>>>) -> String {
     format!("http://{addr}")
 }
 
+/// aiosmtpd storing messages in `maildir`, on a free port.
 fn start_smtp(maildir: &Path) -> (Proc, u16) {
-    start_smtp_on(maildir, free_port())
+    let port = free_port();
+    (start_smtp_with(maildir, port, "aiosmtpd.handlers.Mailbox"), port)
 }
 
-fn start_smtp_on(maildir: &Path, port: u16) -> (Proc, u16) {
-    start_smtp_with(maildir, port, "aiosmtpd.handlers.Mailbox")
-}
-
-/// aiosmtpd with a handler class; `tests/fixtures` is on the Python path for our own.
-fn start_smtp_with(maildir: &Path, port: u16, handler: &str) -> (Proc, u16) {
+/// aiosmtpd with a handler class on `port`; `tests/fixtures` is on the Python path for ours.
+fn start_smtp_with(maildir: &Path, port: u16, handler: &str) -> Proc {
     let child = Command::new("python3")
         .args(["-m", "aiosmtpd", "-n", "-l", &format!("127.0.0.1:{port}"), "-c", handler])
         .env("PYTHONPATH", repo().join("tests/fixtures"))
@@ -195,7 +193,7 @@ fn start_smtp_with(maildir: &Path, port: u16, handler: &str) -> (Proc, u16) {
         assert!(Instant::now() < deadline, "aiosmtpd did not start (is it installed? pip install aiosmtpd)");
         std::thread::sleep(Duration::from_millis(50));
     }
-    (Proc(child), port)
+    Proc(child)
 }
 
 /// Polls `f` until it returns `Some`, failing with `what` after `secs`.
@@ -461,7 +459,13 @@ schedule = "*/2 * * * * *"
     assert_eq!(s, StatusCode::OK, "{v}");
     let (s, v) = api.post(&alice, &format!("/api/bulletins/{reference}/approve"), json!({})).await;
     assert_eq!(s, StatusCode::FORBIDDEN, "{v}");
-    assert!(v["error"].as_str().unwrap().contains("four-eyes rule"), "{v}");
+    assert!(
+        v["error"]
+            .as_str()
+            .unwrap()
+            .starts_with("four-eyes rule: alice wrote this bulletin and cannot approve it"),
+        "{v}"
+    );
     let (s, v) = api.post(&alice, &format!("/api/bulletins/{reference}/publish"), json!({})).await;
     assert_eq!(s, StatusCode::CONFLICT, "cannot publish before approval: {v}");
     let (s, v) =
@@ -656,86 +660,42 @@ async fn whole_flow_on_postgres() {
         .unwrap();
 }
 
-/// Starts `broadcast run` with `config`, logging to `log`, and waits for its API.
-async fn start_server(config: &Path, log: &Path, base: &str) -> Proc {
-    let child = Command::new(broadcast_bin())
-        .arg("--config")
-        .arg(config)
-        .arg("run")
-        .env("RUST_LOG", "warn")
-        .stdout(Stdio::null())
-        .stderr(std::fs::OpenOptions::new().create(true).append(true).open(log).unwrap())
-        .spawn()
-        .unwrap();
-    let http = reqwest::Client::new();
-    wait_for("the API", 30, || async {
-        http.get(format!("{base}/healthz")).send().await.ok().filter(|r| r.status().is_success())
-    })
-    .await;
-    Proc(child)
+const ALICE: &str = "alice-token-0000000000";
+const BOB: &str = "bob-token-00000000000";
+
+/// A `broadcast run` on a throwaway SQLite store, for the fault tests: analysts alice (token
+/// `ALICE`) and bob (`BOB`, approver), and one organisation "Trust" cleared for TLP:CLEAR.
+struct Rig {
+    dir: tempfile::TempDir,
+    config: PathBuf,
+    base: String,
+    api: Api,
+    server: Option<Proc>,
 }
 
-/// kill -9 during a fan-out to 10,000 endpoints, then restart: every endpoint gets the
-/// bulletin, duplicates are no more than the deliveries in flight at the kill, and a
-/// duplicate carries the same webhook-id as the original.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn kill_nine_during_fan_out_loses_nothing() {
-    const N: usize = 10_000;
-    const CONCURRENCY: usize = 64;
-    let _ = rustls::crypto::ring::default_provider().install_default();
-    let dir = tempfile::tempdir().unwrap();
-    // The receiver counts requests per webhook-id, verifying every signature.
-    let seen: Arc<Mutex<std::collections::HashMap<String, usize>>> = Arc::default();
-    let bad_signatures = Arc::new(std::sync::atomic::AtomicUsize::new(0));
-    let (seen2, bad2) = (seen.clone(), bad_signatures.clone());
-    let app = axum::Router::new().route(
-        "/hook/{n}",
-        post(move |h: HeaderMap, body: String| {
-            let (seen, bad) = (seen2.clone(), bad2.clone());
-            async move {
-                let get = |k: &str| h.get(k).and_then(|v| v.to_str().ok()).unwrap_or_default().to_owned();
-                let ts: i64 = get("webhook-timestamp").parse().unwrap_or(0);
-                let now = chrono::Utc::now().timestamp();
-                if verify(
-                    SOC_SECRET,
-                    &get("webhook-id"),
-                    ts,
-                    body.as_bytes(),
-                    &get("webhook-signature"),
-                    now,
-                    300,
-                )
-                .is_err()
-                {
-                    bad.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
-                }
-                *seen.lock().unwrap().entry(get("webhook-id")).or_insert(0) += 1;
-                StatusCode::NO_CONTENT
-            }
-        }),
-    );
-    let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let receiver = format!("http://{}", l.local_addr().unwrap());
-    tokio::spawn(async move { axum::serve(l, app).await.unwrap() });
-
-    let api_port = free_port();
-    let base = format!("http://127.0.0.1:{api_port}");
-    let seed = dir.path().join("seed.toml");
-    let mut seed_text = String::from(
-        "[[analysts]]\nname = \"alice\"\nrole = \"analyst\"\ntoken = \"alice-token-0000000000\"\n\
-         [[analysts]]\nname = \"bob\"\nrole = \"approver\"\ntoken = \"bob-token-00000000000\"\n\
-         [[organisations]]\nname = \"Everyone\"\ntlp_clearance = \"CLEAR\"\nendpoints = [\n",
-    );
-    for n in 0..N {
-        seed_text.push_str(&format!("  {{ url = \"{receiver}/hook/{n}\", secret = \"{SOC_SECRET}\" }},\n"));
-    }
-    seed_text.push_str("]\n");
-    std::fs::write(&seed, seed_text).unwrap();
-    let config = dir.path().join("broadcast.toml");
-    std::fs::write(
-        &config,
-        format!(
-            r#"
+impl Rig {
+    /// `organisation`: TOML lines for the organisation's `contacts` / `endpoints`.
+    /// `config`: further config sections; `{dir}` stands for the rig's temporary folder.
+    async fn start(organisation: &str, config: &str) -> Rig {
+        let _ = rustls::crypto::ring::default_provider().install_default();
+        let dir = tempfile::tempdir().unwrap();
+        let seed = dir.path().join("seed.toml");
+        std::fs::write(
+            &seed,
+            format!(
+                "[[analysts]]\nname = \"alice\"\nrole = \"analyst\"\ntoken = \"{ALICE}\"\n\
+                 [[analysts]]\nname = \"bob\"\nrole = \"approver\"\ntoken = \"{BOB}\"\n\
+                 [[organisations]]\nname = \"Trust\"\ntlp_clearance = \"CLEAR\"\n{organisation}\n"
+            ),
+        )
+        .unwrap();
+        let api_port = free_port();
+        let base = format!("http://127.0.0.1:{api_port}");
+        let config_path = dir.path().join("broadcast.toml");
+        std::fs::write(
+            &config_path,
+            format!(
+                r#"
 seed_file = "{seed}"
 feeds = []
 [store]
@@ -749,61 +709,149 @@ link_secret = "fault-test-link-secret-0123456789abcdef"
 templates_dir = "{templates}"
 [triage]
 watchlist_file = "{watchlist}"
-[email]
-transport = "file"
-file_dir = "{mail}"
-[webhook]
-allow_networks = ["127.0.0.0/8"]
-[delivery]
-concurrency = {CONCURRENCY}
-per_host_concurrency = {CONCURRENCY}
-lease_secs = 5
-poll_interval_ms = 200
+{config}
 "#,
-            seed = seed.display(),
-            db = dir.path().join("broadcast.db").display(),
-            templates = repo().join("bulletin-templates").display(),
-            watchlist = repo().join("config/watchlist.toml").display(),
-            mail = dir.path().join("mail").display(),
+                seed = seed.display(),
+                db = dir.path().join("broadcast.db").display(),
+                templates = repo().join("bulletin-templates").display(),
+                watchlist = repo().join("config/watchlist.toml").display(),
+                config = config.replace("{dir}", &dir.path().display().to_string()),
+            ),
+        )
+        .unwrap();
+        let api = Api { base: base.clone(), http: reqwest::Client::new() };
+        let mut rig = Rig { dir, config: config_path, base, api, server: None };
+        rig.run().await;
+        rig
+    }
+
+    /// Starts `broadcast run` and waits for its API.
+    async fn run(&mut self) {
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.dir.path().join("server.log"))
+            .unwrap();
+        let child = Command::new(broadcast_bin())
+            .arg("--config")
+            .arg(&self.config)
+            .arg("run")
+            .env("RUST_LOG", "warn")
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .unwrap();
+        self.server = Some(Proc(child));
+        let base = self.base.clone();
+        wait_for("the API", 30, || async {
+            self.api.http.get(format!("{base}/healthz")).send().await.ok().filter(|r| r.status().is_success())
+        })
+        .await;
+    }
+
+    /// SIGKILL: no shutdown, leases left behind.
+    fn kill_nine(&mut self) {
+        let mut server = self.server.take().expect("running");
+        server.0.kill().unwrap();
+        server.0.wait().unwrap();
+    }
+
+    /// Drafts a High bulletin as alice, has bob approve it, publishes it; its reference.
+    async fn publish(&self, title: &str) -> String {
+        let (s, b) =
+            self.api.post(ALICE, "/api/bulletins", json!({ "title": title, "threat_level": "High" })).await;
+        assert_eq!(s, StatusCode::CREATED, "{b}");
+        let reference = b["reference"].as_str().unwrap().to_owned();
+        for (who, action) in [(ALICE, "submit"), (BOB, "approve"), (ALICE, "publish")] {
+            let (s, v) = self.api.post(who, &format!("/api/bulletins/{reference}/{action}"), json!({})).await;
+            assert_eq!(s, StatusCode::OK, "{action}: {v}");
+        }
+        reference
+    }
+
+    async fn deliveries(&self, reference: &str) -> Value {
+        self.api.get(ALICE, &format!("/api/bulletins/{reference}/deliveries")).await
+    }
+
+    /// Waits until no delivery of the bulletin is pending; its deliveries.
+    async fn finished(&self, reference: &str, secs: u64) -> Value {
+        wait_for("every delivery to finish", secs, || async {
+            let v = self.deliveries(reference).await;
+            (v["counts"]["pending"] == 0).then_some(v)
+        })
+        .await
+    }
+}
+
+/// kill -9 during a fan-out to 10,000 endpoints, then restart: every endpoint gets the
+/// bulletin, duplicates are no more than the deliveries in flight at the kill, and a
+/// duplicate carries the same webhook-id as the original.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kill_nine_during_fan_out_loses_nothing() {
+    const N: usize = 10_000;
+    const CONCURRENCY: usize = 64;
+    // The receiver counts requests per webhook-id, verifying every signature.
+    let seen: Arc<Mutex<std::collections::HashMap<String, usize>>> = Arc::default();
+    let bad_signatures = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let (seen2, bad2) = (seen.clone(), bad_signatures.clone());
+    let app = axum::Router::new().route(
+        "/hook/{n}",
+        post(move |h: HeaderMap, body: String| {
+            let (seen, bad) = (seen2.clone(), bad2.clone());
+            async move {
+                let get = |k: &str| h.get(k).and_then(|v| v.to_str().ok()).unwrap_or_default().to_owned();
+                let ts: i64 = get("webhook-timestamp").parse().unwrap_or(0);
+                let now = chrono::Utc::now().timestamp();
+                let sig = verify(
+                    SOC_SECRET,
+                    &get("webhook-id"),
+                    ts,
+                    body.as_bytes(),
+                    &get("webhook-signature"),
+                    now,
+                    300,
+                );
+                if sig.is_err() {
+                    bad.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                }
+                *seen.lock().unwrap().entry(get("webhook-id")).or_insert(0) += 1;
+                StatusCode::NO_CONTENT
+            }
+        }),
+    );
+    let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let receiver = format!("http://{}", l.local_addr().unwrap());
+    tokio::spawn(async move { axum::serve(l, app).await.unwrap() });
+
+    let endpoints: String = (0..N)
+        .map(|n| format!("  {{ url = \"{receiver}/hook/{n}\", secret = \"{SOC_SECRET}\" }},\n"))
+        .collect();
+    let mut rig = Rig::start(
+        &format!("endpoints = [\n{endpoints}]"),
+        &format!(
+            "[email]\ntransport = \"file\"\nfile_dir = \"{{dir}}/mail\"\n\
+             [webhook]\nallow_networks = [\"127.0.0.0/8\"]\n\
+             [delivery]\nconcurrency = {CONCURRENCY}\nper_host_concurrency = {CONCURRENCY}\nlease_secs = 5\npoll_interval_ms = 200\n"
         ),
     )
-    .unwrap();
-    let log = dir.path().join("server.log");
-    let server = start_server(&config, &log, &base).await;
-    let api = Api { base: base.clone(), http: reqwest::Client::new() };
-    let (alice, bob) = ("alice-token-0000000000", "bob-token-00000000000");
-    let (s, b) = api
-        .post(alice, "/api/bulletins", json!({ "title": "Fan-out under fire", "threat_level": "High" }))
-        .await;
-    assert_eq!(s, StatusCode::CREATED, "{b}");
-    let reference = b["reference"].as_str().unwrap().to_owned();
-    for (who, action) in [(alice, "submit"), (bob, "approve"), (alice, "publish")] {
-        let (s, v) = api.post(who, &format!("/api/bulletins/{reference}/{action}"), json!({})).await;
-        assert_eq!(s, StatusCode::OK, "{action}: {v}");
-    }
+    .await;
+    let reference = rig.publish("Fan-out under fire").await;
 
     // Kill -9 once a good part of the fan-out is through.
     wait_for("the fan-out to get going", 60, || async {
         (seen.lock().unwrap().len() >= N / 5).then_some(())
     })
     .await;
-    let mut server = server;
-    server.0.kill().unwrap(); // SIGKILL: no shutdown, leases left behind
-    server.0.wait().unwrap();
+    rig.kill_nine();
     let at_kill = seen.lock().unwrap().len();
     assert!(at_kill < N, "the kill must land mid-fan-out ({at_kill} of {N} done)");
 
-    let _server = start_server(&config, &log, &base).await;
-    let status = wait_for("every delivery after the restart", 120, || async {
-        let v = api.get(alice, &format!("/api/bulletins/{reference}/deliveries")).await;
-        (v["counts"]["pending"] == 0).then_some(v)
-    })
-    .await;
+    rig.run().await;
+    let status = rig.finished(&reference, 120).await;
     assert_eq!(status["counts"]["delivered"], N, "{}", status["counts"]);
     let seen = seen.lock().unwrap();
     assert_eq!(seen.len(), N, "every endpoint got the bulletin");
-    let total: usize = seen.values().sum();
-    let duplicates = total - N;
+    let duplicates = seen.values().sum::<usize>() - N;
     assert!(
         duplicates <= CONCURRENCY,
         "{duplicates} duplicates; at most the {CONCURRENCY} in flight at the kill"
@@ -814,101 +862,47 @@ poll_interval_ms = 200
     );
 }
 
+/// `[email]` for a plain-SMTP relay on `port`.
+fn smtp_config(port: u16) -> String {
+    format!(
+        "[email]\nfrom = \"NHS Broadcast <bulletins@broadcast.test>\"\nlist_id = \"bulletins.broadcast.test\"\n\
+         transport = \"smtp\"\n[email.smtp]\nhost = \"127.0.0.1\"\nport = {port}\ntls = \"none\"\ntimeout_secs = 5\n"
+    )
+}
+
 /// The SMTP server (aiosmtpd) is stopped mid-fan-out and started again on the same port:
 /// every email is delivered afterwards, each exactly once per recipient address.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn smtp_server_restart_mid_run_loses_nothing() {
     const N: usize = 300;
-    let _ = rustls::crypto::ring::default_provider().install_default();
-    let dir = tempfile::tempdir().unwrap();
-    let maildir = dir.path().join("maildir");
+    let mail = tempfile::tempdir().unwrap();
+    let maildir = mail.path().join("maildir");
     let (smtp, smtp_port) = start_smtp(&maildir);
-    let api_port = free_port();
-    let base = format!("http://127.0.0.1:{api_port}");
-    let seed = dir.path().join("seed.toml");
-    let mut seed_text = String::from(
-        "[[analysts]]\nname = \"alice\"\nrole = \"analyst\"\ntoken = \"alice-token-0000000000\"\n\
-         [[analysts]]\nname = \"bob\"\nrole = \"approver\"\ntoken = \"bob-token-00000000000\"\n\
-         [[organisations]]\nname = \"Everyone\"\ntlp_clearance = \"CLEAR\"\ncontacts = [\n",
-    );
-    for n in 0..N {
-        seed_text.push_str(&format!("  {{ email = \"reader{n:03}@trust.nhs.test\" }},\n"));
-    }
-    seed_text.push_str("]\n");
-    std::fs::write(&seed, seed_text).unwrap();
-    let config = dir.path().join("broadcast.toml");
-    std::fs::write(
-        &config,
-        format!(
-            r#"
-seed_file = "{seed}"
-feeds = []
-[store]
-url = "sqlite://{db}"
-[api]
-listen = "127.0.0.1:{api_port}"
-public_url = "{base}"
-[security]
-link_secret = "smtp-restart-link-secret-0123456789abcdef"
-[bulletins]
-templates_dir = "{templates}"
-[triage]
-watchlist_file = "{watchlist}"
-[email]
-from = "NHS Broadcast <bulletins@broadcast.test>"
-list_id = "bulletins.broadcast.test"
-transport = "smtp"
-[email.smtp]
-host = "127.0.0.1"
-port = {smtp_port}
-tls = "none"
-timeout_secs = 5
-[delivery]
-poll_interval_ms = 200
-retry_delays_secs = [1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1]
-"#,
-            seed = seed.display(),
-            db = dir.path().join("broadcast.db").display(),
-            templates = repo().join("bulletin-templates").display(),
-            watchlist = repo().join("config/watchlist.toml").display(),
+    let contacts: String =
+        (0..N).map(|n| format!("  {{ email = \"reader{n:03}@trust.nhs.test\" }},\n")).collect();
+    let rig = Rig::start(
+        &format!("contacts = [\n{contacts}]"),
+        &format!(
+            "{}[delivery]\npoll_interval_ms = 200\nretry_delays_secs = [1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1]\n",
+            smtp_config(smtp_port)
         ),
     )
-    .unwrap();
-    let _server = start_server(&config, &dir.path().join("server.log"), &base).await;
-    let api = Api { base: base.clone(), http: reqwest::Client::new() };
-    let (alice, bob) = ("alice-token-0000000000", "bob-token-00000000000");
-    let (s, b) = api
-        .post(alice, "/api/bulletins", json!({ "title": "Mail under fire", "threat_level": "High" }))
-        .await;
-    assert_eq!(s, StatusCode::CREATED, "{b}");
-    let reference = b["reference"].as_str().unwrap().to_owned();
-    for (who, action) in [(alice, "submit"), (bob, "approve"), (alice, "publish")] {
-        let (s, v) = api.post(who, &format!("/api/bulletins/{reference}/{action}"), json!({})).await;
-        assert_eq!(s, StatusCode::OK, "{action}: {v}");
-    }
+    .await;
+    let reference = rig.publish("Mail under fire").await;
     let received = || std::fs::read_dir(maildir.join("new")).map(|d| d.count()).unwrap_or(0);
     wait_for("the first emails", 60, || async { (received() >= 20).then_some(()) }).await;
     drop(smtp); // stops aiosmtpd
     // Deliveries now fail with connection errors and are scheduled for retry.
     wait_for("retries while the SMTP server is down", 60, || async {
-        let v = api.get(alice, &format!("/api/bulletins/{reference}/deliveries")).await;
-        let retrying = v["deliveries"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .any(|d| d["state"] == "pending" && d["attempts"].as_i64() > Some(0));
-        retrying.then_some(())
+        let v = rig.deliveries(&reference).await;
+        let deliveries = v["deliveries"].as_array().unwrap();
+        deliveries.iter().any(|d| d["state"] == "pending" && d["attempts"].as_i64() > Some(0)).then_some(())
     })
     .await;
     let before_restart = received();
     assert!(before_restart < N, "the SMTP server stopped mid-run ({before_restart} of {N} received)");
-    let (_smtp, port_again) = start_smtp_on(&maildir, smtp_port);
-    assert_eq!(port_again, smtp_port);
-    let status = wait_for("every email after the restart", 120, || async {
-        let v = api.get(alice, &format!("/api/bulletins/{reference}/deliveries")).await;
-        (v["counts"]["pending"] == 0).then_some(v)
-    })
-    .await;
+    let _smtp = start_smtp_with(&maildir, smtp_port, "aiosmtpd.handlers.Mailbox");
+    let status = rig.finished(&reference, 120).await;
     assert_eq!(status["counts"]["delivered"], N, "{}", status["counts"]);
     let mut recipients = std::collections::HashSet::new();
     for f in std::fs::read_dir(maildir.join("new")).unwrap() {
@@ -927,81 +921,22 @@ retry_delays_secs = [1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1]
 /// suppressed, and the next bulletin is not sent to it (recorded as suppressed, with why).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn repeated_hard_bounces_suppress_the_address() {
-    let _ = rustls::crypto::ring::default_provider().install_default();
-    let dir = tempfile::tempdir().unwrap();
-    let maildir = dir.path().join("maildir");
-    let (_smtp, smtp_port) = start_smtp_with(&maildir, free_port(), "smtp_reject.RejectNobody");
-    let api_port = free_port();
-    let base = format!("http://127.0.0.1:{api_port}");
-    let seed = dir.path().join("seed.toml");
-    std::fs::write(
-        &seed,
-        "[[analysts]]\nname = \"alice\"\nrole = \"analyst\"\ntoken = \"alice-token-0000000000\"\n\
-         [[analysts]]\nname = \"bob\"\nrole = \"approver\"\ntoken = \"bob-token-00000000000\"\n\
-         [[organisations]]\nname = \"Trust\"\ntlp_clearance = \"CLEAR\"\n\
-         contacts = [{ email = \"nobody@trust.nhs.test\" }, { email = \"reader@trust.nhs.test\" }]\n",
-    )
-    .unwrap();
-    let config = dir.path().join("broadcast.toml");
-    std::fs::write(
-        &config,
-        format!(
-            r#"
-seed_file = "{seed}"
-feeds = []
-[store]
-url = "sqlite://{db}"
-[api]
-listen = "127.0.0.1:{api_port}"
-public_url = "{base}"
-[security]
-link_secret = "bounce-test-link-secret-0123456789abcdef"
-[bulletins]
-templates_dir = "{templates}"
-[triage]
-watchlist_file = "{watchlist}"
-[email]
-from = "NHS Broadcast <bulletins@broadcast.test>"
-list_id = "bulletins.broadcast.test"
-transport = "smtp"
-[email.smtp]
-host = "127.0.0.1"
-port = {smtp_port}
-tls = "none"
-[delivery]
-poll_interval_ms = 200
-suppress_after_hard_bounces = 3
-"#,
-            seed = seed.display(),
-            db = dir.path().join("broadcast.db").display(),
-            templates = repo().join("bulletin-templates").display(),
-            watchlist = repo().join("config/watchlist.toml").display(),
+    let mail = tempfile::tempdir().unwrap();
+    let maildir = mail.path().join("maildir");
+    let smtp_port = free_port();
+    let _smtp = start_smtp_with(&maildir, smtp_port, "smtp_reject.RejectNobody");
+    let rig = Rig::start(
+        "contacts = [{ email = \"nobody@trust.nhs.test\" }, { email = \"reader@trust.nhs.test\" }]",
+        &format!(
+            "{}[delivery]\npoll_interval_ms = 200\nsuppress_after_hard_bounces = 3\n",
+            smtp_config(smtp_port)
         ),
     )
-    .unwrap();
-    let _server = start_server(&config, &dir.path().join("server.log"), &base).await;
-    let api = Api { base: base.clone(), http: reqwest::Client::new() };
-    let (alice, bob) = ("alice-token-0000000000", "bob-token-00000000000");
+    .await;
     let mut nobody = Vec::new();
     for n in 1..=4 {
-        let (s, b) = api
-            .post(
-                alice,
-                "/api/bulletins",
-                json!({ "title": format!("Bulletin {n}"), "threat_level": "High" }),
-            )
-            .await;
-        assert_eq!(s, StatusCode::CREATED, "{b}");
-        let reference = b["reference"].as_str().unwrap().to_owned();
-        for (who, action) in [(alice, "submit"), (bob, "approve"), (alice, "publish")] {
-            let (s, v) = api.post(who, &format!("/api/bulletins/{reference}/{action}"), json!({})).await;
-            assert_eq!(s, StatusCode::OK, "{action}: {v}");
-        }
-        let status = wait_for("the bulletin's deliveries", 60, || async {
-            let v = api.get(alice, &format!("/api/bulletins/{reference}/deliveries")).await;
-            (v["counts"]["pending"] == 0).then_some(v)
-        })
-        .await;
+        let reference = rig.publish(&format!("Bulletin {n}")).await;
+        let status = rig.finished(&reference, 60).await;
         let rows = status["deliveries"].as_array().unwrap().clone();
         let reader = rows.iter().find(|d| d["address"] == "reader@trust.nhs.test").unwrap();
         assert_eq!(reader["state"], "delivered", "bulletin {n}: the good address is unaffected");
@@ -1013,15 +948,9 @@ suppress_after_hard_bounces = 3
         assert_eq!(row["attempts"], 1, "a hard bounce is not retried");
     }
     assert_eq!(nobody[3]["state"], "suppressed", "{}", nobody[3]);
-    assert!(
-        nobody[3]["reason"]
-            .as_str()
-            .unwrap()
-            .starts_with("address suppressed after 3 hard bounces (last: 550 "),
-        "{}",
-        nobody[3]
-    );
-    let org = api.get(alice, "/api/organisations/Trust").await;
+    let reason = nobody[3]["reason"].as_str().unwrap();
+    assert!(reason.starts_with("address suppressed after 3 hard bounces (last: 550 "), "{reason}");
+    let org = rig.api.get(ALICE, "/api/organisations/Trust").await;
     let c =
         org["contacts"].as_array().unwrap().iter().find(|c| c["email"] == "nobody@trust.nhs.test").unwrap();
     assert!(c["suppressed_reason"].as_str().is_some(), "{c}");

@@ -167,6 +167,20 @@ pub struct BulletinContent {
 }
 
 impl BulletinContent {
+    /// A bulletin with a title, level and marking, and nothing else yet.
+    pub fn new(title: impl Into<String>, threat_level: ThreatLevel, tlp: Tlp) -> BulletinContent {
+        BulletinContent {
+            title: title.into(),
+            threat_level,
+            tlp,
+            summary: String::new(),
+            affected_products: Vec::new(),
+            remediation: String::new(),
+            references: Vec::new(),
+            cves: Vec::new(),
+        }
+    }
+
     /// Checks what must be true before a bulletin can be stored.
     pub fn validate(&self) -> Result<(), String> {
         if self.title.trim().is_empty() {
@@ -226,16 +240,7 @@ mod tests {
             id: BulletinId::from_suffix("1"),
             reference: reference("HCB", 2026, 42),
             state,
-            content: BulletinContent {
-                title: "t".into(),
-                threat_level: ThreatLevel::High,
-                tlp: Tlp::Clear,
-                summary: String::new(),
-                affected_products: vec![],
-                remediation: String::new(),
-                references: vec![],
-                cves: vec![],
-            },
+            content: BulletinContent::new("t", ThreatLevel::High, Tlp::Clear),
             advisory_ids: vec![],
             author: AnalystId::from_suffix("alice"),
             approver: None,

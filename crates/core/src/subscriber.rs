@@ -248,16 +248,8 @@ mod tests {
             interests: vec![],
             created_at: Utc.with_ymd_and_hms(2026, 1, 1, 0, 0, 0).unwrap(),
         };
-        let b = crate::BulletinContent {
-            title: "Flaw in EMIS Web".into(),
-            threat_level: ThreatLevel::High,
-            tlp: Tlp::Clear,
-            summary: String::new(),
-            affected_products: vec!["Philips IntelliVue MX40".into()],
-            remediation: String::new(),
-            references: vec![],
-            cves: vec![],
-        };
+        let mut b = crate::BulletinContent::new("Flaw in EMIS Web", ThreatLevel::High, Tlp::Clear);
+        b.affected_products = vec!["Philips IntelliVue MX40".into()];
         assert!(org.interested_in(&b), "no interests: everything");
         org.interests = vec!["emis".into()];
         assert!(org.interested_in(&b));

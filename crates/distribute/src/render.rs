@@ -104,7 +104,8 @@ fn paragraphs(text: String) -> Vec<String> {
 }
 
 /// Undoes the HTML escaping minijinja applies, for tests that look for text in HTML.
-pub fn unescape_html(s: &str) -> String {
+#[cfg(test)]
+fn unescape_html(s: &str) -> String {
     s.replace("&#x2f;", "/")
         .replace("&quot;", "\"")
         .replace("&#x27;", "'")

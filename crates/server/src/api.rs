@@ -9,7 +9,7 @@ use crate::app::App;
 use crate::auth::{hash_token, verify_unsubscribe_token};
 use axum::extract::{FromRequestParts, Path, Query, State};
 use axum::http::request::Parts;
-use axum::http::{HeaderMap, StatusCode, header};
+use axum::http::{StatusCode, header};
 use axum::response::{Html, IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
@@ -93,6 +93,21 @@ impl FromRequestParts<App> for Authed {
 
 fn require(a: &Analyst, ok: bool, what: &str) -> ApiResult<()> {
     if ok { Ok(()) } else { Err(ApiError::Forbidden(format!("{} (role {}) may not {what}", a.name, a.role))) }
+}
+
+/// An optional JSON body: empty means the type's defaults (a transition without a comment,
+/// a rotation with the default overlap); anything else must parse.
+fn optional_json<T: serde::de::DeserializeOwned + Default>(body: &[u8]) -> ApiResult<T> {
+    if body.iter().all(u8::is_ascii_whitespace) {
+        Ok(T::default())
+    } else {
+        serde_json::from_slice(body).map_err(|e| ApiError::BadRequest(format!("request body: {e}")))
+    }
+}
+
+/// The four-eyes refusal, naming the analyst rather than their id.
+pub fn four_eyes(name: &str, action: Action) -> String {
+    format!("four-eyes rule: {name} wrote this bulletin and cannot {action} it; another analyst must")
 }
 
 /// JSON bodies that fail to parse are a 422 naming the problem, like every other bad input.
@@ -399,16 +414,17 @@ async fn transition(
     if action.needs_second_pair_of_eyes() {
         require(&a, a.role.can_review(), &format!("{action} bulletins"))?;
     }
-    // The body is optional: an empty POST is a transition without a comment.
-    let body: TransitionBody = if body.iter().all(u8::is_ascii_whitespace) {
-        TransitionBody::default()
-    } else {
-        serde_json::from_slice(&body).map_err(|e| ApiError::BadRequest(format!("request body: {e}")))?
-    };
+    let body: TransitionBody = optional_json(&body)?;
     let t = app
         .store
         .transition_bulletin(&key, action, &a.id, body.comment.as_deref(), body.version, Utc::now())
-        .await?;
+        .await
+        .map_err(|e| match e {
+            StoreError::Transition(TransitionError::FourEyes { action, .. }) => {
+                ApiError::Forbidden(four_eyes(&a.name, action))
+            }
+            other => other.into(),
+        })?;
     tracing::info!(
         bulletin.id = %t.bulletin.id, bulletin.reference = %t.bulletin.reference, action = %action,
         analyst = %a.name, deliveries = t.deliveries_created, "bulletin {}", t.bulletin.state
@@ -505,18 +521,14 @@ async fn rotate_endpoint(
 ) -> ApiResult<Json<Value>> {
     require(&a, a.role.can_administer(), "rotate endpoint secrets")?;
     let id: broadcast_core::EndpointId = parse(&id)?;
-    let body: RotateBody = if body.iter().all(u8::is_ascii_whitespace) {
-        RotateBody::default()
-    } else {
-        serde_json::from_slice(&body).map_err(|e| ApiError::BadRequest(format!("request body: {e}")))?
-    };
+    let body: RotateBody = optional_json(&body)?;
     let hours = body.overlap_hours.unwrap_or(24);
     if !(0..=24 * 30).contains(&hours) {
         return Err(ApiError::BadRequest(format!("overlap_hours {hours} must be between 0 and 720")));
     }
     let secret = broadcast_distribute::sign::secret_from_bytes(&crate::auth::random_secret_bytes());
     let until = Utc::now() + chrono::Duration::hours(hours);
-    let ep = app.store.rotate_endpoint_secret(&id, &secret, until, a.id.as_str()).await?;
+    let ep = app.store.rotate_endpoint_secret(&id, &secret, until, a.id.as_str(), Utc::now()).await?;
     let mut v = json!(ep);
     v["secret"] = json!(secret);
     Ok(Json(v))
@@ -532,13 +544,9 @@ async fn set_endpoint_state(
     require(&a, a.role.can_administer(), "enable or disable endpoints")?;
     let id: broadcast_core::EndpointId = parse(&id)?;
     let state = if enabled { "enable" } else { "disable" };
-    let body: ReasonBody = if body.iter().all(u8::is_ascii_whitespace) {
-        ReasonBody::default()
-    } else {
-        serde_json::from_slice(&body).map_err(|e| ApiError::BadRequest(format!("request body: {e}")))?
-    };
+    let body: ReasonBody = optional_json(&body)?;
     let reason = body.reason.unwrap_or_else(|| format!("{state}d by {}", a.name));
-    let ep = app.store.set_endpoint_enabled(&id, enabled, a.id.as_str(), &reason).await?;
+    let ep = app.store.set_endpoint_enabled(&id, enabled, a.id.as_str(), &reason, Utc::now()).await?;
     Ok(Json(json!(ep)))
 }
 
@@ -592,7 +600,7 @@ async fn set_interests(
     JsonBody(req): JsonBody<Interests>,
 ) -> ApiResult<Json<Value>> {
     require(&a, a.role.can_administer(), "manage organisations")?;
-    let org = app.store.set_organisation_interests(&key, &req.interests, a.id.as_str()).await?;
+    let org = app.store.set_organisation_interests(&key, &req.interests, a.id.as_str(), Utc::now()).await?;
     Ok(Json(json!(org)))
 }
 
@@ -711,11 +719,7 @@ async fn unsubscribe_page(State(app): State<App>, Query(q): Query<UnsubscribeQue
 }
 
 /// RFC 8058 one-click (`List-Unsubscribe=One-Click` form body) and the page's button.
-async fn unsubscribe_post(
-    State(app): State<App>,
-    Query(q): Query<UnsubscribeQuery>,
-    _headers: HeaderMap,
-) -> Response {
+async fn unsubscribe_post(State(app): State<App>, Query(q): Query<UnsubscribeQuery>) -> Response {
     let Some(id) = verify_unsubscribe_token(&app.settings.security.link_secret, &q.token) else {
         return (
             StatusCode::BAD_REQUEST,
@@ -730,7 +734,7 @@ async fn unsubscribe_post(
         )
             .into_response();
     };
-    match app.store.unsubscribe_contact(&cid).await {
+    match app.store.unsubscribe_contact(&cid, Utc::now()).await {
         Ok(c) => {
             tracing::info!(contact.id = %c.id, "contact unsubscribed");
             page(

@@ -489,7 +489,7 @@ async fn execute(cli: Cli) -> Result<()> {
                 }
             }
             OrgCmd::Interests { org, names } => {
-                let o = app.store.set_organisation_interests(&org, &names, "operator").await?;
+                let o = app.store.set_organisation_interests(&org, &names, "operator", now).await?;
                 if o.interests.is_empty() {
                     println!("{} receives every bulletin", o.name);
                 } else {
@@ -518,7 +518,7 @@ async fn execute(cli: Cli) -> Result<()> {
             }
             let secret = broadcast_distribute::sign::secret_from_bytes(&crate::auth::random_secret_bytes());
             let until = Utc::now() + chrono::Duration::hours(overlap_hours);
-            let ep = app.store.rotate_endpoint_secret(&id.parse()?, &secret, until, "operator").await?;
+            let ep = app.store.rotate_endpoint_secret(&id.parse()?, &secret, until, "operator", now).await?;
             eprintln!("new signing secret for {} (shown once); the old one also signs until {until}:", ep.id);
             println!("{secret}");
         }
@@ -544,12 +544,12 @@ async fn execute(cli: Cli) -> Result<()> {
         Command::Endpoint(EndpointCmd::Enable { id }) => {
             let ep = app
                 .store
-                .set_endpoint_enabled(&id.parse()?, true, "operator", "enabled by the operator")
+                .set_endpoint_enabled(&id.parse()?, true, "operator", "enabled by the operator", now)
                 .await?;
             println!("{} enabled", ep.id);
         }
         Command::Endpoint(EndpointCmd::Disable { id, reason }) => {
-            let ep = app.store.set_endpoint_enabled(&id.parse()?, false, "operator", &reason).await?;
+            let ep = app.store.set_endpoint_enabled(&id.parse()?, false, "operator", &reason, now).await?;
             println!("{} disabled", ep.id);
         }
         Command::Replay { delivery, endpoint, since } => match (delivery, endpoint) {
@@ -702,7 +702,19 @@ async fn bulletin(app: &App, cmd: BulletinCmd) -> Result<()> {
     if action.needs_second_pair_of_eyes() && !analyst.role.can_review() {
         bail!("{} (role {}) may not {action} bulletins", analyst.name, analyst.role);
     }
-    let t = app.store.transition_bulletin(&key, action, &analyst.id, comment.as_deref(), None, now).await?;
+    let t = app
+        .store
+        .transition_bulletin(&key, action, &analyst.id, comment.as_deref(), None, now)
+        .await
+        .map_err(|e| match e {
+            broadcast_store::StoreError::Transition(broadcast_core::TransitionError::FourEyes {
+                action,
+                ..
+            }) => {
+                anyhow::anyhow!(crate::api::four_eyes(&analyst.name, action))
+            }
+            other => other.into(),
+        })?;
     print!("{} is now {}", t.bulletin.reference, t.bulletin.state);
     if action == Action::Publish {
         print!("; {} deliveries queued (a running worker sends them)", t.deliveries_created);

@@ -82,16 +82,7 @@ pub async fn latency(mut settings: Settings, bulletins: usize, store_url: Option
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let worker = tokio::spawn(crate::stages::delivery::run(app.clone(), stop_rx));
 
-    let content = BulletinContent {
-        title: "Latency probe".into(),
-        threat_level: ThreatLevel::High,
-        tlp: Tlp::Clear,
-        summary: "Measuring approval to first delivery.".into(),
-        affected_products: vec![],
-        remediation: String::new(),
-        references: vec![],
-        cves: vec![],
-    };
+    let content = BulletinContent::new("Latency probe", ThreatLevel::High, Tlp::Clear);
     let mut samples: Vec<Duration> = Vec::with_capacity(bulletins);
     for _ in 0..bulletins {
         let b = app.store.create_bulletin(&content, &[], &alice.id, "BENCH", Utc::now()).await?;

@@ -131,7 +131,7 @@ pub async fn apply(store: &Store, seed: &SeedFile) -> Result<SeedReport> {
                 report.organisations += 1;
                 let org = store.create_organisation(&o.name, tlp, level, now).await?;
                 if !o.interests.is_empty() {
-                    store.set_organisation_interests(org.id.as_str(), &o.interests, "seed").await?
+                    store.set_organisation_interests(org.id.as_str(), &o.interests, "seed", now).await?
                 } else {
                     org
                 }

@@ -80,16 +80,7 @@ async fn a_hanging_host_does_not_delay_healthy_ones() {
     }
     let alice = st.create_analyst("alice", Role::Analyst, "a", now).await.unwrap();
     let bob = st.create_analyst("bob", Role::Approver, "b", now).await.unwrap();
-    let content = BulletinContent {
-        title: "Isolation".into(),
-        threat_level: ThreatLevel::High,
-        tlp: Tlp::Clear,
-        summary: String::new(),
-        affected_products: vec![],
-        remediation: String::new(),
-        references: vec![],
-        cves: vec![],
-    };
+    let content = BulletinContent::new("Isolation", ThreatLevel::High, Tlp::Clear);
     let b = st.create_bulletin(&content, &[], &alice.id, "HCB", now).await.unwrap();
     for (who, action) in [(&alice, Action::Submit), (&bob, Action::Approve), (&alice, Action::Publish)] {
         st.transition_bulletin(b.id.as_str(), action, &who.id, None, None, now).await.unwrap();

@@ -334,7 +334,7 @@ pub struct Transitioned {
 }
 
 /// A bulletin's history entry.
-#[derive(Clone, Debug, Serialize)]
+#[derive(Clone, Debug, Serialize, sqlx::FromRow)]
 pub struct BulletinEvent {
     pub action: String,
     pub actor_id: String,
@@ -1103,11 +1103,10 @@ impl Store {
 
     pub async fn bulletin_events(&self, id: &BulletinId) -> Result<Vec<BulletinEvent>> {
         dispatch!(self, pool => {
-            let rows: Vec<BulletinEventRow> = sqlx::query_as(
+            Ok(sqlx::query_as(
                 "SELECT action, actor_id, from_state, to_state, comment, at FROM bulletin_events WHERE bulletin_id = $1 ORDER BY id",
             )
-            .bind(id.as_str()).fetch_all(pool).await?;
-            Ok(rows.into_iter().map(Into::into).collect())
+            .bind(id.as_str()).fetch_all(pool).await?)
         })
     }
 
@@ -1166,6 +1165,7 @@ impl Store {
         key: &str,
         interests: &[String],
         actor: &str,
+        now: DateTime<Utc>,
     ) -> Result<Organisation> {
         let cleaned: Vec<String> =
             interests.iter().map(|i| i.trim().to_owned()).filter(|i| !i.is_empty()).collect();
@@ -1176,7 +1176,7 @@ impl Store {
             });
         }
         let org = self.get_organisation(key).await?;
-        let now = db_time(Utc::now());
+        let now = db_time(now);
         dispatch!(self, pool => {
             let mut tx = pool.begin_write().await?;
             sqlx::query("UPDATE organisations SET interests = $1 WHERE id = $2")
@@ -1192,8 +1192,14 @@ impl Store {
     /// failed deliveries with a 5xx reply within 30 days the address is suppressed: no more
     /// email goes to it, its pending deliveries are suppressed, and it is audited. Returns
     /// whether the address is now suppressed.
-    pub async fn record_hard_bounce(&self, id: &ContactId, reply: &str, threshold: i64) -> Result<bool> {
-        let now = db_time(Utc::now());
+    pub async fn record_hard_bounce(
+        &self,
+        id: &ContactId,
+        reply: &str,
+        threshold: i64,
+        now: DateTime<Utc>,
+    ) -> Result<bool> {
+        let now = db_time(now);
         let since = now - chrono::Duration::days(30);
         dispatch!(self, pool => {
             let mut tx = pool.begin_write().await?;
@@ -1331,7 +1337,8 @@ impl Store {
     }
 
     /// Marks a contact unsubscribed and suppresses its pending email deliveries.
-    pub async fn unsubscribe_contact(&self, id: &ContactId) -> Result<Contact> {
+    pub async fn unsubscribe_contact(&self, id: &ContactId, now: DateTime<Utc>) -> Result<Contact> {
+        let now = db_time(now);
         dispatch!(self, pool => {
             let mut tx = pool.begin_write().await?;
             let done = sqlx::query("UPDATE contacts SET unsubscribed = TRUE WHERE id = $1")
@@ -1344,7 +1351,7 @@ impl Store {
                  WHERE channel = 'email' AND recipient_id = $1 AND state = 'pending'",
             )
             .bind(id.as_str()).execute(&mut *tx).await?;
-            audit!(tx, "recipient", "contact.unsubscribe", id, "{}".to_owned(), db_time(Utc::now()));
+            audit!(tx, "recipient", "contact.unsubscribe", id, "{}".to_owned(), now);
             tx.commit().await?;
             Ok::<(), StoreError>(())
         })?;
@@ -1359,8 +1366,9 @@ impl Store {
         enabled: bool,
         actor: &str,
         reason: &str,
+        now: DateTime<Utc>,
     ) -> Result<Endpoint> {
-        let now = db_time(Utc::now());
+        let now = db_time(now);
         dispatch!(self, pool => {
             let mut tx = pool.begin_write().await?;
             let done = sqlx::query("UPDATE endpoints SET enabled = $1 WHERE id = $2")
@@ -1394,8 +1402,9 @@ impl Store {
         new_secret: &str,
         overlap_until: DateTime<Utc>,
         actor: &str,
+        now: DateTime<Utc>,
     ) -> Result<Endpoint> {
-        let now = db_time(Utc::now());
+        let now = db_time(now);
         dispatch!(self, pool => {
             let mut tx = pool.begin_write().await?;
             let done = sqlx::query(

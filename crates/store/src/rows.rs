@@ -2,7 +2,7 @@
 //! Enum and JSON columns are parsed here; a value that does not parse is reported as
 //! corrupt data rather than silently defaulted.
 
-use super::{BulletinEvent, Candidate, OverrideInfo, Result, StoreError, from_json, parse_id};
+use super::{Candidate, OverrideInfo, Result, StoreError, from_json, parse_id};
 use broadcast_core::{Advisory, Analyst, Assessment, Bulletin, Contact, Delivery, Endpoint, Organisation};
 use chrono::{DateTime, Utc};
 use std::str::FromStr;
@@ -145,29 +145,6 @@ impl BulletinRow {
             published_at: self.published_at,
             version: self.version,
         })
-    }
-}
-
-#[derive(sqlx::FromRow)]
-pub(crate) struct BulletinEventRow {
-    pub action: String,
-    pub actor_id: String,
-    pub from_state: Option<String>,
-    pub to_state: String,
-    pub comment: Option<String>,
-    pub at: DateTime<Utc>,
-}
-
-impl From<BulletinEventRow> for BulletinEvent {
-    fn from(r: BulletinEventRow) -> Self {
-        BulletinEvent {
-            action: r.action,
-            actor_id: r.actor_id,
-            from_state: r.from_state,
-            to_state: r.to_state,
-            comment: r.comment,
-            at: r.at,
-        }
     }
 }
 

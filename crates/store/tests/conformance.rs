@@ -133,6 +133,7 @@ conformance!(
     overrides_apply_to_their_revision_and_are_audited,
     disabling_and_replaying,
     interests_target_organisations,
+    hard_bounces_count_within_thirty_days,
 );
 
 mod audit_tampering {
@@ -332,7 +333,7 @@ async fn publish_fans_out_in_one_transaction(s: Store) {
     let picky = s.create_organisation("Picky Practice", Tlp::Red, ThreatLevel::High, t0()).await.unwrap();
     s.add_contact("Open Trust", "a@open.nhs.uk", "A", t0()).await.unwrap();
     let gone = s.add_contact(open.id.as_str(), "gone@open.nhs.uk", "Gone", t0()).await.unwrap();
-    s.unsubscribe_contact(&gone.id).await.unwrap();
+    s.unsubscribe_contact(&gone.id, t0()).await.unwrap();
     s.add_endpoint("Open Trust", "https://soc.open.nhs.uk/hook", "whsec_x", t0()).await.unwrap();
     s.add_contact("Cleared Trust", "c@cleared.nhs.uk", "C", t0()).await.unwrap();
     s.add_endpoint(cleared.id.as_str(), "https://soc.cleared.nhs.uk/hook", "whsec_y", t0()).await.unwrap();
@@ -403,19 +404,30 @@ async fn concurrent_approvals_only_one_wins(s: Store) {
     assert_eq!(events.len(), 3, "create, submit and one review");
 }
 
+/// Records a failed attempt at a delivery.
+async fn fail(s: &Store, id: &DeliveryId, error: &str) -> Delivery {
+    let outcome = AttemptOutcome::Failed { error: error.into() };
+    s.record_attempt(id, &AttemptRecord { started_at: t0(), duration_ms: 3, outcome, detail: error.into() })
+        .await
+        .unwrap()
+}
+
+/// Drafts `c` as alice, has bob approve it, publishes it: the outbox rows are written.
+async fn publish(s: &Store, c: &BulletinContent, alice: &Analyst, bob: &Analyst) -> Bulletin {
+    let b = s.create_bulletin(c, &[], &alice.id, "HCB", t0()).await.unwrap();
+    for (who, action) in [(alice, Action::Submit), (bob, Action::Approve), (alice, Action::Publish)] {
+        s.transition_bulletin(b.id.as_str(), action, &who.id, None, None, t0()).await.unwrap();
+    }
+    b
+}
+
 async fn published(s: &Store, emails: usize) -> (Bulletin, Vec<Delivery>) {
     let (alice, bob, _) = setup_people(s).await;
     let org = s.create_organisation("Trust", Tlp::Clear, ThreatLevel::Information, t0()).await.unwrap();
     for i in 0..emails {
         s.add_contact(org.id.as_str(), &format!("u{i:03}@trust.nhs.uk"), "", t0()).await.unwrap();
     }
-    let b = s
-        .create_bulletin(&content("Out", Tlp::Clear, ThreatLevel::High), &[], &alice.id, "HCB", t0())
-        .await
-        .unwrap();
-    for (who, action) in [(&alice, Action::Submit), (&bob, Action::Approve), (&alice, Action::Publish)] {
-        s.transition_bulletin(b.id.as_str(), action, &who.id, None, None, t0()).await.unwrap();
-    }
+    let b = publish(s, &content("Out", Tlp::Clear, ThreatLevel::High), &alice, &bob).await;
     let rows = s.deliveries_for_bulletin(&b.id).await.unwrap();
     (b, rows)
 }
@@ -726,13 +738,7 @@ async fn overrides_apply_to_their_revision_and_are_audited(s: Store) {
 
 async fn audit_detects_tampering(s: Store, url: String) {
     let (alice, bob, _) = setup_people(&s).await;
-    let b = s
-        .create_bulletin(&content("Audited", Tlp::Clear, ThreatLevel::High), &[], &alice.id, "HCB", t0())
-        .await
-        .unwrap();
-    for (who, action) in [(&alice, Action::Submit), (&bob, Action::Approve), (&alice, Action::Publish)] {
-        s.transition_bulletin(b.id.as_str(), action, &who.id, None, None, t0()).await.unwrap();
-    }
+    publish(&s, &content("Audited", Tlp::Clear, ThreatLevel::High), &alice, &bob).await;
     let log = s.audit_entries(0, 100).await.unwrap();
     let actions: Vec<&str> = log.iter().map(|e| e.action.as_str()).collect();
     assert_eq!(actions, vec!["bulletin.create", "bulletin.submit", "bulletin.approve", "bulletin.publish"]);
@@ -776,39 +782,23 @@ async fn disabling_and_replaying(s: Store) {
         s.add_endpoint(org.id.as_str(), "https://soc.trust.example/hook", "whsec_eA==", t0()).await.unwrap();
     let mut bulletins = Vec::new();
     for title in ["One", "Two"] {
-        let b = s
-            .create_bulletin(&content(title, Tlp::Clear, ThreatLevel::High), &[], &alice.id, "HCB", t0())
-            .await
-            .unwrap();
-        for (who, action) in [(&alice, Action::Submit), (&bob, Action::Approve), (&alice, Action::Publish)] {
-            s.transition_bulletin(b.id.as_str(), action, &who.id, None, None, t0()).await.unwrap();
-        }
+        let b = publish(&s, &content(title, Tlp::Clear, ThreatLevel::High), &alice, &bob).await;
         bulletins.push(b);
     }
     let first = s.deliveries_for_bulletin(&bulletins[0].id).await.unwrap().remove(0);
     let err = s.replay_delivery(&first.id, "usr_x", t0()).await.unwrap_err();
     assert!(err.to_string().contains("is pending; only failed or delivered"), "{err}");
-    s.record_attempt(
-        &first.id,
-        &AttemptRecord {
-            started_at: t0(),
-            duration_ms: 5,
-            outcome: AttemptOutcome::Failed { error: "HTTP 404".into() },
-            detail: "HTTP 404".into(),
-        },
-    )
-    .await
-    .unwrap();
+    fail(&s, &first.id, "HTTP 404").await;
 
     // 410 Gone: the endpoint is disabled and its other pending delivery suppressed.
-    let disabled = s.set_endpoint_enabled(&ep.id, false, "system", "HTTP 410: gone").await.unwrap();
+    let disabled = s.set_endpoint_enabled(&ep.id, false, "system", "HTTP 410: gone", t0()).await.unwrap();
     assert!(!disabled.enabled);
     let second = s.deliveries_for_bulletin(&bulletins[1].id).await.unwrap().remove(0);
     assert_eq!(second.state, DeliveryState::Suppressed);
     assert_eq!(second.reason.as_deref(), Some("endpoint disabled: HTTP 410: gone"));
 
     // Replay: failed → pending, due now, same id, history kept.
-    s.set_endpoint_enabled(&ep.id, true, "usr_admin", "receiver fixed").await.unwrap();
+    s.set_endpoint_enabled(&ep.id, true, "usr_admin", "receiver fixed", t0()).await.unwrap();
     let later = t0() + Duration::hours(2);
     let ids =
         s.replay_failed_for_endpoint(&ep.id, t0() - Duration::minutes(1), "usr_admin", later).await.unwrap();
@@ -830,7 +820,7 @@ async fn disabling_and_replaying(s: Store) {
     );
 
     let until = later + Duration::hours(24);
-    let rotated = s.rotate_endpoint_secret(&ep.id, "whsec_bmV3", until, "usr_admin").await.unwrap();
+    let rotated = s.rotate_endpoint_secret(&ep.id, "whsec_bmV3", until, "usr_admin", t0()).await.unwrap();
     assert_eq!(
         (rotated.secret.as_str(), rotated.previous_secret.as_deref()),
         ("whsec_bmV3", Some("whsec_eA=="))
@@ -868,6 +858,7 @@ async fn interests_target_organisations(s: Store) {
             "Riverside GP",
             &["EMIS Web".into(), " Docman ".into(), "".into()],
             "usr_admin",
+            t0(),
         )
         .await
         .unwrap();
@@ -882,10 +873,7 @@ async fn interests_target_organisations(s: Store) {
     emis.affected_products = vec![];
     let mut states = Vec::new();
     for c in [pacs, emis] {
-        let b = s.create_bulletin(&c, &[], &alice.id, "HCB", t0()).await.unwrap();
-        for (who, action) in [(&alice, Action::Submit), (&bob, Action::Approve), (&alice, Action::Publish)] {
-            s.transition_bulletin(b.id.as_str(), action, &who.id, None, None, t0()).await.unwrap();
-        }
+        let b = publish(&s, &c, &alice, &bob).await;
         let rows = s.deliveries_for_bulletin(&b.id).await.unwrap();
         let gp_row = rows.iter().find(|d| d.address == "pm@riverside.nhs.test").unwrap();
         let hospital_row = rows.iter().find(|d| d.address == "soc@northshire.nhs.test").unwrap();
@@ -898,4 +886,30 @@ async fn interests_target_organisations(s: Store) {
     );
     assert_eq!(states[1], (DeliveryState::Pending, None));
     assert!(s.audit_entries(0, 100).await.unwrap().iter().any(|e| e.action == "organisation.interests"));
+}
+
+async fn hard_bounces_count_within_thirty_days(s: Store) {
+    let (_, rows) = published(&s, 1).await;
+    let contact: ContactId = rows[0].recipient_id.parse().unwrap();
+    fail(&s, &rows[0].id, "550 5.1.1 no such user").await;
+    // One bounce: below a threshold of two.
+    assert!(!s.record_hard_bounce(&contact, "550 5.1.1 no such user", 2, t0()).await.unwrap());
+    let alice = s.analyst_by_name("alice").await.unwrap();
+    let bob = s.analyst_by_name("bob").await.unwrap();
+    let second = publish(&s, &content("Again", Tlp::Clear, ThreatLevel::High), &alice, &bob).await;
+    let row = s.deliveries_for_bulletin(&second.id).await.unwrap().remove(0);
+    fail(&s, &row.id, "550 5.1.1 no such user").await;
+    // The same two bounces seen from 31 days later are outside the window.
+    assert!(!s.record_hard_bounce(&contact, "550", 2, t0() + Duration::days(31)).await.unwrap());
+    assert_eq!(s.get_contact(&contact).await.unwrap().suppressed_reason, None);
+    // Within 30 days they are two: the address is suppressed, with the reason, and audited.
+    assert!(
+        s.record_hard_bounce(&contact, "550 5.1.1 no such user", 2, t0() + Duration::days(1)).await.unwrap()
+    );
+    let c = s.get_contact(&contact).await.unwrap();
+    assert_eq!(
+        c.suppressed_reason.as_deref(),
+        Some("address suppressed after 2 hard bounces (last: 550 5.1.1 no such user)")
+    );
+    assert!(s.audit_entries(0, 100).await.unwrap().iter().any(|e| e.action == "contact.suppress"));
 }

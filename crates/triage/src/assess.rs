@@ -269,16 +269,12 @@ pub fn describe_vector(v: &str) -> String {
 
 /// The documented threat-level mapping.
 ///
-/// The base level follows the highest CVSS base score: 7.0–10.0 High, 4.0–6.9 Medium,
-/// 0.1–3.9 Low, none or 0.0 Information. Exploitation (listed in KEV, or reported by the
-/// source) raises it one level, to at most High; exploitation without a score is Medium.
+/// The base level follows the highest CVSS base score ([`ThreatLevel::from_cvss`]: 7.0–10.0
+/// High, 4.0–6.9 Medium, 0.1–3.9 Low, 0.0 Information; no score is Information).
+/// Exploitation (listed in KEV, or reported by the source) raises it one level, to at most
+/// High; exploitation without a score is Medium.
 pub fn threat_level(cvss: Option<f64>, exploited: bool) -> ThreatLevel {
-    let base = match cvss {
-        Some(s) if s >= 7.0 => ThreatLevel::High,
-        Some(s) if s >= 4.0 => ThreatLevel::Medium,
-        Some(s) if s > 0.0 => ThreatLevel::Low,
-        _ => ThreatLevel::Information,
-    };
+    let base = cvss.map(ThreatLevel::from_cvss).unwrap_or(ThreatLevel::Information);
     if !exploited {
         return base;
     }

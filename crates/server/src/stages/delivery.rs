@@ -183,7 +183,7 @@ impl Worker {
             && let Ok(cid) = d.recipient_id.parse::<ContactId>()
         {
             let threshold = self.app.settings.delivery.suppress_after_hard_bounces;
-            match self.app.store.record_hard_bounce(&cid, &reply, threshold).await {
+            match self.app.store.record_hard_bounce(&cid, &reply, threshold, Utc::now()).await {
                 Ok(true) => {
                     tracing::warn!(contact.id = %cid, "address suppressed after repeated hard bounces")
                 }
@@ -196,7 +196,7 @@ impl Worker {
         if let Some(reason) = gone
             && let Ok(eid) = d.recipient_id.parse::<broadcast_core::EndpointId>()
         {
-            match self.app.store.set_endpoint_enabled(&eid, false, "system", &reason).await {
+            match self.app.store.set_endpoint_enabled(&eid, false, "system", &reason, Utc::now()).await {
                 Ok(_) => tracing::warn!(endpoint.id = %eid, reason = %reason, "endpoint disabled"),
                 Err(err) => tracing::error!(endpoint.id = %eid, error = %err, "could not disable endpoint"),
             }
