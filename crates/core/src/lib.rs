@@ -21,7 +21,9 @@ pub use assessment::{Assessment, ThreatLevel, ThreatLevelError};
 pub use bulletin::{Action, Bulletin, BulletinContent, BulletinState, TransitionError, reference};
 pub use delivery::{ChannelKind, Delivery, DeliveryState};
 pub use ids::{AdvisoryId, AnalystId, BulletinId, ContactId, DeliveryId, EndpointId, IdError, OrgId};
-pub use subscriber::{Analyst, Contact, Endpoint, EndpointFormat, Organisation, Role, validate_email};
+pub use subscriber::{
+    Analyst, Contact, Endpoint, EndpointFormat, EndpointHealthAction, Organisation, Role, validate_email,
+};
 pub use tlp::{Tlp, TlpError};
 
 /// Formats an error with its chain of causes ("connect failed: connection refused"). Many

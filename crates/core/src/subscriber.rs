@@ -82,6 +82,43 @@ pub struct Endpoint {
     pub enabled: bool,
     pub format: EndpointFormat,
     pub created_at: DateTime<Utc>,
+    /// The first failure of the current streak of failed attempts, if failing.
+    pub failing_since: Option<DateTime<Utc>>,
+    /// Failed attempts in a row (any success resets it).
+    pub consecutive_failures: i32,
+    /// When the organisation was warned during this streak.
+    pub failure_warned_at: Option<DateTime<Utc>>,
+}
+
+/// What to do about an endpoint after a failed attempt.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum EndpointHealthAction {
+    Nothing,
+    /// Email the organisation that its endpoint is failing (once per streak).
+    Warn,
+    /// Failing continuously for longer than allowed: disable it and email a notice.
+    Disable,
+}
+
+impl Endpoint {
+    /// After a failed attempt: warn once the streak reaches `warn_after` failures, disable
+    /// once it has lasted `disable_after` (and has at least `warn_after` failures, so a single
+    /// failure after a long quiet spell never disables an endpoint by itself).
+    pub fn health_action(
+        &self,
+        now: DateTime<Utc>,
+        warn_after: u32,
+        disable_after: chrono::Duration,
+    ) -> EndpointHealthAction {
+        if !self.enabled || (self.consecutive_failures as i64) < warn_after as i64 {
+            return EndpointHealthAction::Nothing;
+        }
+        match self.failing_since {
+            Some(since) if now - since >= disable_after => EndpointHealthAction::Disable,
+            _ if self.failure_warned_at.is_none() => EndpointHealthAction::Warn,
+            _ => EndpointHealthAction::Nothing,
+        }
+    }
 }
 
 impl Endpoint {
@@ -228,6 +265,9 @@ mod tests {
             enabled: true,
             format: EndpointFormat::Broadcast,
             created_at: t,
+            failing_since: None,
+            consecutive_failures: 0,
+            failure_warned_at: None,
         };
         assert_eq!(ep.signing_secrets(t), vec!["whsec_new", "whsec_old"]);
         assert_eq!(ep.signing_secrets(t + chrono::Duration::hours(24)), vec!["whsec_new"]);
@@ -235,6 +275,21 @@ mod tests {
         assert_eq!(ep.signing_secrets(t), vec!["whsec_new"]);
         assert_eq!("teams".parse::<EndpointFormat>().unwrap(), EndpointFormat::Teams);
         assert!("fax".parse::<EndpointFormat>().unwrap_err().contains("fax"));
+
+        // Health: warn once at the threshold, disable after the period, never for one failure.
+        use EndpointHealthAction::*;
+        let day = chrono::Duration::days(1);
+        ep.consecutive_failures = 1;
+        ep.failing_since = Some(t - day * 30);
+        assert_eq!(ep.health_action(t, 3, day), Nothing, "one failure after a quiet month");
+        ep.consecutive_failures = 3;
+        ep.failing_since = Some(t - chrono::Duration::minutes(20));
+        assert_eq!(ep.health_action(t, 3, day), Warn);
+        ep.failure_warned_at = Some(t);
+        assert_eq!(ep.health_action(t, 3, day), Nothing, "warned once per streak");
+        assert_eq!(ep.health_action(t + day, 3, day), Disable);
+        ep.enabled = false;
+        assert_eq!(ep.health_action(t + day, 3, day), Nothing, "already disabled");
     }
 
     #[test]

@@ -1,4 +1,5 @@
-//! Email delivery with lettre: pooled async SMTP (or `.eml` files in a folder, for demos).
+//! Email delivery with lettre: async SMTP over our own connection pool ([`crate::smtp_pool`]),
+//! or `.eml` files in a folder, for demos.
 //!
 //! Every message is multipart text + HTML, with a Message-ID derived from the delivery id
 //! (stable across retries, so a duplicate after a crash is recognisable), `List-Id`,
@@ -6,13 +7,13 @@
 //! (RFC 8058 one-click).
 
 use crate::render::RenderedEmail;
+use crate::smtp_pool::{PoolSettings, Security, SendError, SmtpPool};
 use crate::{Channel, DeliveryError, Receipt, excerpt};
 use lettre::message::header::{Header, HeaderName, HeaderValue};
 use lettre::message::{Mailbox, MultiPart};
-use lettre::transport::smtp::PoolConfig;
 use lettre::transport::smtp::authentication::Credentials;
-use lettre::transport::smtp::client::{Tls, TlsParameters};
-use lettre::{AsyncFileTransport, AsyncSmtpTransport, AsyncTransport, Message, Tokio1Executor};
+use lettre::transport::smtp::client::TlsParameters;
+use lettre::{AsyncFileTransport, AsyncTransport, Message, Tokio1Executor};
 use serde::Deserialize;
 use std::sync::Arc;
 use std::time::Duration;
@@ -40,6 +41,9 @@ fn default_timeout() -> u64 {
 fn default_connections() -> usize {
     8
 }
+fn default_messages_per_connection() -> u32 {
+    100
+}
 
 #[derive(Clone, Debug, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields)]
@@ -58,6 +62,10 @@ pub struct SmtpSettings {
     /// Most SMTP connections open at once (lettre's pool only caps idle ones).
     #[serde(default = "default_connections")]
     pub max_connections: usize,
+    /// Messages sent over one connection before it is closed and a new one opened (relays
+    /// often limit messages per session).
+    #[serde(default = "default_messages_per_connection")]
+    pub max_messages_per_connection: u32,
 }
 
 /// Where email goes.
@@ -104,7 +112,7 @@ pub struct EmailMessage {
 }
 
 enum Transport {
-    Smtp(AsyncSmtpTransport<Tokio1Executor>),
+    Smtp(Box<SmtpPool>),
     File(AsyncFileTransport<Tokio1Executor>),
 }
 
@@ -168,44 +176,57 @@ impl EmailChannel {
                     key: "smtp",
                     why: "an [email.smtp] section is needed when transport = \"smtp\"".into(),
                 })?;
-                let builder = match smtp.tls {
-                    SmtpTls::None => AsyncSmtpTransport::<Tokio1Executor>::builder_dangerous(&smtp.host),
-                    SmtpTls::Starttls | SmtpTls::Tls => {
-                        let params = TlsParameters::new(smtp.host.clone()).map_err(|e| EmailConfigError {
-                            key: "smtp.host",
-                            why: format!("TLS set-up for `{}` failed: {e}", smtp.host),
-                        })?;
-                        let tls = if smtp.tls == SmtpTls::Tls {
-                            Tls::Wrapper(params)
-                        } else {
-                            Tls::Required(params)
-                        };
-                        AsyncSmtpTransport::<Tokio1Executor>::builder_dangerous(&smtp.host).tls(tls)
+                let security = match smtp.tls {
+                    SmtpTls::None => Security::None,
+                    SmtpTls::Starttls => {
+                        Security::Starttls(TlsParameters::new(smtp.host.clone()).map_err(|e| {
+                            EmailConfigError {
+                                key: "smtp.host",
+                                why: format!("TLS set-up for `{}` failed: {e}", smtp.host),
+                            }
+                        })?)
+                    }
+                    SmtpTls::Tls => {
+                        let roots =
+                            rustls::RootCertStore::from_iter(webpki_roots::TLS_SERVER_ROOTS.iter().cloned());
+                        let config = rustls::ClientConfig::builder()
+                            .with_root_certificates(roots)
+                            .with_no_client_auth();
+                        Security::Wrapper(Arc::new(config))
                     }
                 };
-                let mut builder = builder
-                    .port(smtp.port)
-                    .timeout(Some(Duration::from_secs(smtp.timeout_secs)))
-                    .pool_config(PoolConfig::new().max_size(smtp.max_connections as u32));
-                match (&smtp.username, &smtp.password) {
-                    (Some(u), Some(p)) => {
-                        builder = builder.credentials(Credentials::new(u.clone(), p.clone()))
-                    }
-                    (None, None) => {}
+                let credentials = match (&smtp.username, &smtp.password) {
+                    (Some(u), Some(p)) => Some(Credentials::new(u.clone(), p.clone())),
+                    (None, None) => None,
                     _ => {
                         return Err(EmailConfigError {
                             key: "smtp.username",
                             why: "username and password must be given together".into(),
                         });
                     }
-                }
+                };
                 if smtp.max_connections == 0 {
                     return Err(EmailConfigError {
                         key: "smtp.max_connections",
                         why: "must be at least 1".into(),
                     });
                 }
-                (Transport::Smtp(builder.build()), smtp.max_connections)
+                if smtp.max_messages_per_connection == 0 {
+                    return Err(EmailConfigError {
+                        key: "smtp.max_messages_per_connection",
+                        why: "must be at least 1".into(),
+                    });
+                }
+                let pool = SmtpPool::new(PoolSettings {
+                    host: smtp.host.clone(),
+                    port: smtp.port,
+                    security,
+                    credentials,
+                    timeout: Duration::from_secs(smtp.timeout_secs),
+                    max_connections: smtp.max_connections,
+                    max_messages_per_connection: smtp.max_messages_per_connection,
+                });
+                (Transport::Smtp(Box::new(pool)), smtp.max_connections)
             }
         };
         Ok(EmailChannel {
@@ -245,7 +266,7 @@ impl Channel for EmailChannel {
         let msg = self.build(m)?;
         let _permit = self.limit.acquire().await.expect("semaphore never closed");
         match &self.transport {
-            Transport::Smtp(t) => match t.send(msg).await {
+            Transport::Smtp(pool) => match pool.send(msg.envelope(), &msg.formatted()).await {
                 Ok(resp) => Ok(Receipt {
                     detail: excerpt(
                         &format!("{} {}", resp.code(), resp.message().collect::<Vec<_>>().join(" ")),
@@ -254,7 +275,7 @@ impl Channel for EmailChannel {
                 }),
                 // Permanent replies start with their code ("550 …"), so they can be counted as
                 // hard bounces.
-                Err(e) if e.is_permanent() => {
+                Err(SendError::Smtp(e)) if e.is_permanent() => {
                     let code = e.status().map(|c| c.to_string()).unwrap_or_else(|| "5xx".into());
                     Err(DeliveryError::Permanent(excerpt(&format!("{code} {e}"), 500)))
                 }

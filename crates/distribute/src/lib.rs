@@ -15,6 +15,7 @@ pub mod payload;
 pub mod render;
 pub mod retry;
 pub mod sign;
+pub mod smtp_pool;
 pub mod ssrf;
 pub mod webhook;
 

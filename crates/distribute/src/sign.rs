@@ -85,9 +85,111 @@ pub fn verify(
     Err(VerifyError::NoMatch)
 }
 
+/// The optional asymmetric scheme, `v1a`: an ed25519 signature over the same
+/// `{id}.{timestamp}.{body}`, made with the operator's signing key (`whsk_` + base64 of the
+/// 32-byte seed) and checked by receivers with the public key (`whpk_` + base64), which
+/// Broadcast publishes. Receivers then hold no secret at all.
+#[derive(Clone)]
+pub struct AsymmetricKey(ed25519_dalek::SigningKey);
+
+/// A signing key that is not `whsk_` + base64 of 32 (or 64) bytes.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("webhook signing key must be `whsk_` followed by base64 of a 32-byte ed25519 seed")]
+pub struct SigningKeyError;
+
+impl AsymmetricKey {
+    pub fn parse(s: &str) -> Result<AsymmetricKey, SigningKeyError> {
+        let b64 = s.trim().strip_prefix("whsk_").ok_or(SigningKeyError)?;
+        let bytes = STANDARD.decode(b64).map_err(|_| SigningKeyError)?;
+        // 64 bytes: seed followed by the public key, as some libraries store it.
+        let seed: [u8; 32] = match bytes.len() {
+            32 | 64 => bytes[..32].try_into().map_err(|_| SigningKeyError)?,
+            _ => return Err(SigningKeyError),
+        };
+        Ok(AsymmetricKey(ed25519_dalek::SigningKey::from_bytes(&seed)))
+    }
+
+    /// A key from 32 random bytes supplied by the caller, as `whsk_…`.
+    pub fn generate(seed: &[u8; 32]) -> String {
+        format!("whsk_{}", STANDARD.encode(seed))
+    }
+
+    /// The public key receivers verify with: `whpk_` + base64.
+    pub fn public_key(&self) -> String {
+        format!("whpk_{}", STANDARD.encode(self.0.verifying_key().as_bytes()))
+    }
+
+    /// The `v1a,…` signature for one attempt.
+    pub fn sign(&self, msg_id: &str, timestamp: i64, body: &[u8]) -> String {
+        use ed25519_dalek::Signer;
+        let mut content = Vec::with_capacity(body.len() + msg_id.len() + 24);
+        content.extend_from_slice(format!("{msg_id}.{timestamp}.").as_bytes());
+        content.extend_from_slice(body);
+        format!("v1a,{}", STANDARD.encode(self.0.sign(&content).to_bytes()))
+    }
+}
+
+/// Verifies a `v1a` signature with the published `whpk_…` key, as a receiver would.
+pub fn verify_asymmetric(
+    public_key: &str,
+    msg_id: &str,
+    timestamp: i64,
+    body: &[u8],
+    signature_header: &str,
+    now: i64,
+    tolerance_secs: i64,
+) -> Result<(), VerifyError> {
+    if (now - timestamp).abs() > tolerance_secs {
+        return Err(VerifyError::Stale(timestamp));
+    }
+    let key: [u8; 32] = public_key
+        .strip_prefix("whpk_")
+        .and_then(|b| STANDARD.decode(b).ok())
+        .and_then(|b| b.try_into().ok())
+        .ok_or(VerifyError::NoMatch)?;
+    let key = ed25519_dalek::VerifyingKey::from_bytes(&key).map_err(|_| VerifyError::NoMatch)?;
+    let mut content = format!("{msg_id}.{timestamp}.").into_bytes();
+    content.extend_from_slice(body);
+    for sig in signature_header.split(' ') {
+        let Some(b64) = sig.strip_prefix("v1a,") else { continue };
+        let Some(bytes) = STANDARD.decode(b64).ok().and_then(|b| <[u8; 64]>::try_from(b).ok()) else {
+            continue;
+        };
+        if key.verify_strict(&content, &ed25519_dalek::Signature::from_bytes(&bytes)).is_ok() {
+            return Ok(());
+        }
+    }
+    Err(VerifyError::NoMatch)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn asymmetric_v1a_signs_and_verifies() {
+        let key = AsymmetricKey::parse(&AsymmetricKey::generate(&[9; 32])).unwrap();
+        let public = key.public_key();
+        assert!(public.starts_with("whpk_"));
+        let sig = key.sign(ID, TS, BODY);
+        assert!(sig.starts_with("v1a,"));
+        // Sent alongside the v1 HMAC signature; the receiver picks the one it can check.
+        let header = format!("{} {sig}", sign(SECRET, ID, TS, BODY).unwrap());
+        assert_eq!(verify_asymmetric(&public, ID, TS, BODY, &header, TS, 300), Ok(()));
+        assert_eq!(verify(SECRET, ID, TS, BODY, &header, TS, 300), Ok(()));
+        assert_eq!(
+            verify_asymmetric(&public, ID, TS, br#"{"test": 1}"#, &header, TS, 300),
+            Err(VerifyError::NoMatch)
+        );
+        assert_eq!(
+            verify_asymmetric(&public, ID, TS, BODY, &header, TS + 400, 300),
+            Err(VerifyError::Stale(TS))
+        );
+        let other = AsymmetricKey::parse(&AsymmetricKey::generate(&[3; 32])).unwrap().public_key();
+        assert_eq!(verify_asymmetric(&other, ID, TS, BODY, &header, TS, 300), Err(VerifyError::NoMatch));
+        assert!(AsymmetricKey::parse("whsk_AAAA").is_err());
+        assert!(AsymmetricKey::parse("whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw").is_err());
+    }
 
     const SECRET: &str = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw";
     const ID: &str = "msg_p5jXN8AQM9LWM0D4loKWxJek";

@@ -1,6 +1,6 @@
 //! Webhook delivery with reqwest, signed per Standard Webhooks.
 
-use crate::sign::sign;
+use crate::sign::{AsymmetricKey, sign};
 use crate::ssrf::{AddressPolicy, GuardedResolver, Refused};
 use crate::{Channel, DeliveryError, Receipt, excerpt};
 use serde::Deserialize;
@@ -26,6 +26,12 @@ pub struct WebhookSettings {
     /// on (CIDR or single addresses). Empty by default: only public addresses.
     #[serde(default)]
     pub allow_networks: Vec<String>,
+    /// Optional ed25519 signing key (`whsk_…`, see `broadcast webhook keygen`): every request
+    /// then also carries a `v1a` signature that receivers check with the public key served
+    /// at `/api/webhooks/public-key`. Prefer `BROADCAST_WEBHOOK__SIGNING_KEY` in the
+    /// environment to writing it in a file.
+    #[serde(default)]
+    pub signing_key: Option<String>,
 }
 
 impl Default for WebhookSettings {
@@ -34,6 +40,7 @@ impl Default for WebhookSettings {
             timeout_secs: default_timeout(),
             connect_timeout_secs: default_connect(),
             allow_networks: Vec::new(),
+            signing_key: None,
         }
     }
 }
@@ -55,6 +62,7 @@ pub struct WebhookMessage {
 pub struct WebhookChannel {
     client: reqwest::Client,
     policy: Arc<AddressPolicy>,
+    asymmetric: Option<AsymmetricKey>,
 }
 
 impl WebhookChannel {
@@ -72,7 +80,11 @@ impl WebhookChannel {
             .redirect(reqwest::redirect::Policy::none())
             .build()
             .map_err(|e| format!("webhook client: {e}"))?;
-        Ok(WebhookChannel { client, policy })
+        let asymmetric = match &s.signing_key {
+            Some(k) => Some(AsymmetricKey::parse(k).map_err(|e| format!("webhook.signing_key: {e}"))?),
+            None => None,
+        };
+        Ok(WebhookChannel { client, policy, asymmetric })
     }
 }
 
@@ -89,6 +101,9 @@ impl Channel for WebhookChannel {
             .map(|secret| sign(secret, &m.id, m.timestamp, m.body.as_bytes()))
             .collect::<Result<Vec<_>, _>>()
             .map_err(|e| DeliveryError::Permanent(format!("endpoint secret unusable: {e}")))?
+            .into_iter()
+            .chain(self.asymmetric.as_ref().map(|k| k.sign(&m.id, m.timestamp, m.body.as_bytes())))
+            .collect::<Vec<_>>()
             .join(" ");
         let resp = self
             .client

@@ -95,6 +95,39 @@ async fn webhooks_are_signed_and_statuses_classified() {
         verify(s, "dlv_abc", 1_700_000_000, body.as_bytes(), &sig, 1_700_000_000, 300).unwrap();
     }
     seen.lock().unwrap().pop();
+    // With an ed25519 signing key configured, a v1a signature rides along, checked with the
+    // public key alone.
+    let key = broadcast_distribute::sign::AsymmetricKey::generate(&[5; 32]);
+    let public = broadcast_distribute::sign::AsymmetricKey::parse(&key).unwrap().public_key();
+    let both = WebhookChannel::new(&WebhookSettings {
+        allow_networks: vec!["127.0.0.0/8".into()],
+        signing_key: Some(key),
+        ..Default::default()
+    })
+    .unwrap();
+    both.deliver(&msg("/ok")).await.unwrap();
+    let (h, body) = seen.lock().unwrap().pop().unwrap();
+    let sig = h.get("webhook-signature").unwrap().to_str().unwrap().to_owned();
+    assert!(sig.starts_with("v1,") && sig.contains(" v1a,"), "{sig}");
+    broadcast_distribute::sign::verify_asymmetric(
+        &public,
+        "dlv_abc",
+        1_700_000_000,
+        body.as_bytes(),
+        &sig,
+        1_700_000_000,
+        300,
+    )
+    .unwrap();
+    verify(&secret, "dlv_abc", 1_700_000_000, body.as_bytes(), &sig, 1_700_000_000, 300).unwrap();
+    assert!(
+        WebhookChannel::new(&WebhookSettings {
+            signing_key: Some("whsk_short".into()),
+            ..Default::default()
+        })
+        .is_err_and(|e| e.contains("webhook.signing_key")),
+        "a bad key is refused at start-up, naming the setting"
+    );
     assert!(
         matches!(ch.deliver(&msg("/gone")).await, Err(DeliveryError::Gone(d)) if d.starts_with("HTTP 410"))
     );

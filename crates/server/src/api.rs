@@ -149,6 +149,7 @@ pub fn router(app: App) -> Router {
         .route("/api/organisations/{key}/interests", axum::routing::put(set_interests))
         .route("/api/organisations/{key}/endpoints", post(add_endpoint))
         .route("/api/feeds", get(feeds))
+        .route("/api/webhooks/public-key", get(webhook_public_key))
         .route("/unsubscribe", get(unsubscribe_page).post(unsubscribe_post))
         .layer(tower_http::limit::RequestBodyLimitLayer::new(1024 * 1024))
         .with_state(app)
@@ -157,6 +158,17 @@ pub fn router(app: App) -> Router {
 async fn healthz(State(app): State<App>) -> ApiResult<Json<Value>> {
     app.store.list_feed_states().await?;
     Ok(Json(json!({ "status": "ok" })))
+}
+
+/// The ed25519 public key (`whpk_…`) receivers verify `v1a` signatures with; 404 when no
+/// signing key is configured. Public on purpose: it is what receivers need, and not a secret.
+async fn webhook_public_key(State(app): State<App>) -> ApiResult<Json<Value>> {
+    let key = app.settings.webhook.signing_key.as_deref().ok_or_else(|| {
+        ApiError::NotFound("no webhook signing key is configured (webhook.signing_key)".into())
+    })?;
+    let key = broadcast_distribute::sign::AsymmetricKey::parse(key)
+        .map_err(|e| ApiError::Internal(anyhow::anyhow!("webhook.signing_key: {e}")))?;
+    Ok(Json(json!({ "public_key": key.public_key(), "scheme": "v1a" })))
 }
 
 /// Prometheus text format. Aggregate counts and feed health only: no advisory, bulletin or

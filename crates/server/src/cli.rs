@@ -60,6 +60,9 @@ pub enum Command {
     /// Add a webhook endpoint to an organisation.
     #[command(subcommand)]
     Endpoint(EndpointCmd),
+    /// Webhook signing keys.
+    #[command(subcommand)]
+    Webhook(WebhookCmd),
     /// Delivery states of a bulletin.
     Deliveries {
         bulletin: String,
@@ -164,6 +167,17 @@ pub enum BenchCmd {
         #[arg(long)]
         store: Option<String>,
     },
+    /// One bulletin to many recipients: emails into Postfix's smtp-sink (compared with
+    /// smtp-source) or signed webhooks to a verifying receiver (compared with wrk).
+    Throughput {
+        #[arg(long, value_enum)]
+        channel: crate::delivery_bench::BenchChannel,
+        #[arg(long, default_value_t = 10_000)]
+        recipients: usize,
+        /// Store to measure on (default: a throwaway SQLite file), e.g. postgres://…/db.
+        #[arg(long)]
+        store: Option<String>,
+    },
 }
 
 #[derive(Subcommand)]
@@ -262,6 +276,13 @@ pub enum ContactCmd {
 }
 
 #[derive(Subcommand)]
+pub enum WebhookCmd {
+    /// Make a new ed25519 key for `v1a` signatures: prints the signing key (for
+    /// `webhook.signing_key`, keep it secret) and the public key (for receivers).
+    Keygen,
+}
+
+#[derive(Subcommand)]
 pub enum EndpointCmd {
     /// Register a webhook URL; prints the signing secret (shown once) unless one is given.
     Add {
@@ -316,6 +337,18 @@ pub fn main() -> ExitCode {
 
 async fn execute(cli: Cli) -> Result<()> {
     let settings = Settings::load(cli.config.as_deref())?;
+    if matches!(cli.command, Command::Webhook(WebhookCmd::Keygen)) {
+        let seed: [u8; 32] = rand::random();
+        let key = broadcast_distribute::sign::AsymmetricKey::generate(&seed);
+        let public = broadcast_distribute::sign::AsymmetricKey::parse(&key)?.public_key();
+        println!(
+            "signing key (set as webhook.signing_key or BROADCAST_WEBHOOK__SIGNING_KEY; keep it secret):"
+        );
+        println!("  {key}");
+        println!("public key (give to receivers; also served at /api/webhooks/public-key):");
+        println!("  {public}");
+        return Ok(());
+    }
     if matches!(cli.command, Command::CheckConfig) {
         settings.validate()?;
         println!("configuration is valid ({} feeds)", settings.feeds.len());
@@ -328,6 +361,17 @@ async fn execute(cli: Cli) -> Result<()> {
                 None => None,
             };
             return crate::triage_tools::bench(*advisories, *watchlist, corpus.as_deref(), base.as_ref());
+        }
+        Command::Bench(BenchCmd::Throughput { channel, recipients, store }) => {
+            if *recipients == 0 {
+                bail!("--recipients must be at least 1");
+            }
+            let mut s = settings.clone();
+            if s.security.link_secret.len() < 32 {
+                s.security.link_secret = "benchmark-only-link-secret-0123456789".into();
+            }
+            s.validate()?;
+            return crate::delivery_bench::throughput(s, *channel, *recipients, store.clone()).await;
         }
         Command::Bench(BenchCmd::Latency { bulletins, store }) => {
             if *bulletins == 0 {
@@ -358,7 +402,9 @@ async fn execute(cli: Cli) -> Result<()> {
     let app = App::open(settings).await?;
     let now = Utc::now();
     match cli.command {
-        Command::CheckConfig | Command::Bench(_) | Command::Triage(_) => unreachable!("handled above"),
+        Command::CheckConfig | Command::Bench(_) | Command::Triage(_) | Command::Webhook(_) => {
+            unreachable!("handled above")
+        }
         Command::Run => run(app.clone()).await?,
         Command::Migrate => println!("migrations applied ({:?})", app.store.kind()),
         Command::Seed { file } => {

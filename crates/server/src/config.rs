@@ -86,6 +86,11 @@ pub struct DeliverySettings {
     pub per_endpoint_concurrency: usize,
     /// An email address is suppressed after this many hard bounces (SMTP 5xx) in 30 days.
     pub suppress_after_hard_bounces: i64,
+    /// A webhook endpoint failing this many attempts in a row: its organisation is warned.
+    pub warn_endpoint_after_failures: u32,
+    /// A webhook endpoint failing continuously this long (and at least
+    /// `warn_endpoint_after_failures` times) is disabled and its organisation told.
+    pub disable_endpoint_after_secs: u64,
     pub lease_secs: u64,
     pub poll_interval_ms: u64,
     /// Delays before attempts 2, 3, …; after the last the delivery fails.
@@ -237,6 +242,13 @@ impl Settings {
         renderer.self_check().map_err(|e| anyhow::anyhow!("bulletins.templates_dir: {e}"))?;
         if self.delivery.batch_size < 1 || self.delivery.concurrency < 1 {
             bail!("delivery.batch_size and delivery.concurrency must be at least 1");
+        }
+        if let Some(k) = &self.webhook.signing_key {
+            broadcast_distribute::sign::AsymmetricKey::parse(k)
+                .map_err(|e| anyhow::anyhow!("webhook.signing_key: {e}"))?;
+        }
+        if self.delivery.warn_endpoint_after_failures < 1 {
+            bail!("delivery.warn_endpoint_after_failures must be at least 1");
         }
         if self.delivery.suppress_after_hard_bounces < 1 {
             bail!("delivery.suppress_after_hard_bounces must be at least 1");

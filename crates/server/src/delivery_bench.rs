@@ -123,3 +123,357 @@ pub async fn latency(mut settings: Settings, bulletins: usize, store_url: Option
     );
     Ok(())
 }
+
+/// Which channel `bench throughput` measures.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum BenchChannel {
+    Email,
+    Webhook,
+}
+
+/// Peak resident memory of this process so far (Linux `VmHWM`), in MB.
+pub fn peak_rss_mb() -> Option<f64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
+    let kb: f64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kb / 1024.0)
+}
+
+fn find_tool(name: &str) -> Result<std::path::PathBuf> {
+    for dir in ["/usr/sbin", "/usr/bin", "/usr/local/sbin", "/usr/local/bin"] {
+        let p = std::path::Path::new(dir).join(name);
+        if p.exists() {
+            return Ok(p);
+        }
+    }
+    bail!("`{name}` not found: install it first (Debian: apt-get install postfix wrk)")
+}
+
+fn free_port() -> Result<u16> {
+    Ok(std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
+}
+
+/// Postfix's `smtp-sink` on a free local port, killed when dropped.
+struct Sink {
+    child: std::process::Child,
+    port: u16,
+}
+
+impl Sink {
+    fn start() -> Result<Sink> {
+        let bin = find_tool("smtp-sink")?;
+        let port = free_port()?;
+        let mut cmd = std::process::Command::new(bin);
+        // -c: count sessions/messages; as root it must drop privileges (-u).
+        cmd.args(["-u", "nobody", &format!("127.0.0.1:{port}"), "1024"]);
+        cmd.stdout(std::process::Stdio::null()).stderr(std::process::Stdio::inherit());
+        let child = cmd.spawn().context("starting smtp-sink")?;
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+            if Instant::now() > deadline {
+                bail!("smtp-sink did not start listening on port {port}");
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        Ok(Sink { child, port })
+    }
+}
+
+impl Drop for Sink {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A local webhook receiver that verifies every signature and counts what it accepted.
+async fn receiver(secret: String) -> Result<(u16, Arc<std::sync::atomic::AtomicU64>)> {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    let accepted = Arc::new(AtomicU64::new(0));
+    let count = accepted.clone();
+    let app = axum::Router::new().route(
+        "/hook/{n}",
+        post(move |h: axum::http::HeaderMap, body: axum::body::Bytes| {
+            let (count, key) = (count.clone(), secret.clone());
+            async move {
+                let get = |k: &str| h.get(k).and_then(|v| v.to_str().ok()).unwrap_or_default();
+                let ts: i64 = get("webhook-timestamp").parse().unwrap_or(0);
+                let ok = broadcast_distribute::sign::verify(
+                    &key,
+                    get("webhook-id"),
+                    ts,
+                    &body,
+                    get("webhook-signature"),
+                    Utc::now().timestamp(),
+                    300,
+                )
+                .is_ok();
+                if !ok {
+                    return axum::http::StatusCode::UNAUTHORIZED;
+                }
+                count.fetch_add(1, Ordering::Relaxed);
+                axum::http::StatusCode::NO_CONTENT
+            }
+        }),
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let port = listener.local_addr()?.port();
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    Ok((port, accepted))
+}
+
+/// `broadcast bench throughput`: one bulletin fanned out to `recipients` email contacts
+/// (into Postfix's smtp-sink) or webhook endpoints (a local receiver verifying every
+/// signature), timed from publish to the last delivery recorded, and compared in the same
+/// run with the reference tool (smtp-source / wrk) sending the same number of same-size
+/// messages to the same receiver.
+pub async fn throughput(
+    mut settings: Settings,
+    channel: BenchChannel,
+    recipients: usize,
+    store_url: Option<String>,
+) -> Result<()> {
+    let dir = tempfile::tempdir()?;
+    settings.store.url =
+        store_url.unwrap_or_else(|| format!("sqlite://{}", dir.path().join("bench.db").display()));
+    settings.webhook.allow_networks = vec!["127.0.0.0/8".into()];
+    // Every endpoint is a different URL on the one local receiver: lift the per-host cap
+    // (which would otherwise hold the whole run to 16 requests in flight) to the worker's.
+    settings.delivery.per_host_concurrency = settings.delivery.concurrency;
+    let secret = broadcast_distribute::sign::secret_from_bytes(&crate::auth::random_secret_bytes());
+    let mut sink = None;
+    let mut hook_port = 0;
+    let mut accepted = None;
+    match channel {
+        BenchChannel::Email => {
+            let s = Sink::start()?;
+            settings.email.transport = broadcast_distribute::email::TransportKind::Smtp;
+            let smtp = settings.email.smtp.get_or_insert_with(|| broadcast_distribute::email::SmtpSettings {
+                host: "127.0.0.1".into(),
+                port: s.port,
+                tls: broadcast_distribute::email::SmtpTls::None,
+                username: None,
+                password: None,
+                timeout_secs: 30,
+                max_connections: 8,
+                max_messages_per_connection: 100,
+            });
+            smtp.host = "127.0.0.1".into();
+            smtp.port = s.port;
+            smtp.tls = broadcast_distribute::email::SmtpTls::None;
+            smtp.username = None;
+            smtp.password = None;
+            sink = Some(s);
+        }
+        BenchChannel::Webhook => {
+            let (port, count) = receiver(secret.clone()).await?;
+            hook_port = port;
+            accepted = Some(count);
+        }
+    }
+    let app = App::open(settings.clone()).await.context("opening the benchmark store")?;
+    let kind = app.store.kind();
+    let now = Utc::now();
+    let org = app
+        .store
+        .create_organisation("Bench organisation", Tlp::Clear, ThreatLevel::Information, now)
+        .await?;
+    eprintln!("setting up {recipients} recipients …");
+    let setup = Instant::now();
+    let mut tasks = tokio::task::JoinSet::new();
+    for lane in 0..16 {
+        let (store, org, secret) = (app.store.clone(), org.id.clone(), secret.clone());
+        tasks.spawn(async move {
+            for i in (lane..recipients).step_by(16) {
+                match channel {
+                    BenchChannel::Email => {
+                        let email = format!("reader{i}@nhs-trust-{}.example.org", i % 997);
+                        store.add_contact(org.as_str(), &email, &format!("Reader {i}"), Utc::now()).await?;
+                    }
+                    BenchChannel::Webhook => {
+                        let url = format!("http://127.0.0.1:{hook_port}/hook/{i}");
+                        store.add_endpoint(org.as_str(), &url, &secret, Utc::now()).await?;
+                    }
+                }
+            }
+            Ok::<(), anyhow::Error>(())
+        });
+    }
+    while let Some(r) = tasks.join_next().await {
+        r??;
+    }
+    eprintln!("set up in {:.1} s", setup.elapsed().as_secs_f64());
+    let tag = now.timestamp_millis();
+    let alice = app
+        .store
+        .create_analyst(&format!("bench-a-{tag}"), Role::Analyst, &format!("bench-a-{tag}"), now)
+        .await?;
+    let bob = app
+        .store
+        .create_analyst(&format!("bench-b-{tag}"), Role::Approver, &format!("bench-b-{tag}"), now)
+        .await?;
+    let mut content = BulletinContent::new(
+        "Throughput probe: remote code execution in an infusion pump gateway",
+        ThreatLevel::High,
+        Tlp::Clear,
+    );
+    content.summary = "A vulnerability in the management interface lets an unauthenticated attacker on the clinical network run code. Apply the vendor's update.".into();
+    let b = app.store.create_bulletin(&content, &[], &alice.id, "BENCH", Utc::now()).await?;
+    app.store.transition_bulletin(b.id.as_str(), Action::Submit, &alice.id, None, None, Utc::now()).await?;
+    app.store.transition_bulletin(b.id.as_str(), Action::Approve, &bob.id, None, None, Utc::now()).await?;
+
+    // The reference tool first, on the same receiver, with messages of the same size.
+    let reference = match channel {
+        BenchChannel::Email => {
+            let sink = sink.as_ref().expect("sink started");
+            let size = sample_email_size(&app, &b.id).await?;
+            let conns = settings.email.smtp.as_ref().map(|s| s.max_connections).unwrap_or(8);
+            let source = find_tool("smtp-source")?;
+            let mut rates = Vec::new();
+            for reuse in [true, false] {
+                let mut cmd = std::process::Command::new(&source);
+                if reuse {
+                    cmd.arg("-d");
+                }
+                cmd.args([
+                    "-s",
+                    &conns.to_string(),
+                    "-m",
+                    &recipients.to_string(),
+                    "-l",
+                    &size.to_string(),
+                    "-f",
+                    "bulletins@example.org",
+                    "-t",
+                    "reader@example.org",
+                    &format!("127.0.0.1:{}", sink.port),
+                ]);
+                let t = Instant::now();
+                let status = cmd.status().context("running smtp-source")?;
+                if !status.success() {
+                    bail!("smtp-source failed: {status}");
+                }
+                let rate = recipients as f64 / t.elapsed().as_secs_f64();
+                println!(
+                    "smtp-source ({conns} sessions, {} B messages, {}): {rate:.0} messages/s",
+                    size,
+                    if reuse { "connections reused (-d)" } else { "one connection per message" }
+                );
+                rates.push(rate);
+            }
+            rates[0]
+        }
+        BenchChannel::Webhook => {
+            let wrk = find_tool("wrk")?;
+            let body = broadcast_distribute::payload::for_format(
+                broadcast_core::EndpointFormat::Broadcast,
+                &app.store.get_bulletin(b.id.as_str()).await?,
+                &app.bulletin_url(&b.reference),
+            );
+            let ts = Utc::now().timestamp();
+            let sig = broadcast_distribute::sign::sign(&secret, "msg_wrk", ts, body.as_bytes())?;
+            let script = dir.path().join("post.lua");
+            std::fs::write(
+                &script,
+                format!(
+                    "wrk.method = \"POST\"\nwrk.body = {body:?}\nwrk.headers[\"Content-Type\"] = \"application/json\"\nwrk.headers[\"webhook-id\"] = \"msg_wrk\"\nwrk.headers[\"webhook-timestamp\"] = \"{ts}\"\nwrk.headers[\"webhook-signature\"] = \"{sig}\"\n"
+                ),
+            )?;
+            let conns = settings.delivery.concurrency.min(recipients).max(1);
+            let out = std::process::Command::new(wrk)
+                .args([
+                    "-t",
+                    "1",
+                    "-c",
+                    &conns.to_string(),
+                    "-d",
+                    "5s",
+                    "-s",
+                    &script.display().to_string(),
+                    &format!("http://127.0.0.1:{hook_port}/hook/0"),
+                ])
+                .output()
+                .context("running wrk")?;
+            let text = String::from_utf8_lossy(&out.stdout);
+            let rate: f64 = text
+                .lines()
+                .find_map(|l| l.strip_prefix("Requests/sec:"))
+                .and_then(|v| v.trim().parse().ok())
+                .with_context(|| format!("could not read wrk's output:\n{text}"))?;
+            let non2xx = text.lines().find(|l| l.contains("Non-2xx"));
+            if let Some(l) = non2xx {
+                bail!("the receiver refused wrk's requests ({}): check the signature", l.trim());
+            }
+            println!(
+                "wrk (1 thread, {conns} connections, {} B bodies, keep-alive): {rate:.0} requests/s",
+                body.len()
+            );
+            rate
+        }
+    };
+    if let Some(a) = &accepted {
+        a.store(0, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let worker = tokio::spawn(crate::stages::delivery::run(app.clone(), stop_rx));
+    let start = Instant::now();
+    app.store.transition_bulletin(b.id.as_str(), Action::Publish, &alice.id, None, None, Utc::now()).await?;
+    app.wake_delivery.notify_one();
+    let fan_out = start.elapsed();
+    let deadline = start + Duration::from_secs(1800);
+    let counts = loop {
+        let counts = app.store.delivery_counts(&b.id).await?;
+        if counts.get("pending").copied().unwrap_or(0) == 0
+            && counts.values().sum::<i64>() as usize >= recipients
+        {
+            break counts;
+        }
+        if Instant::now() > deadline {
+            bail!("not finished within 30 minutes: {counts:?}");
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    };
+    let elapsed = start.elapsed();
+    let _ = stop_tx.send(true);
+    let _ = worker.await;
+    let delivered = counts.get("delivered").copied().unwrap_or(0) as usize;
+    let attempts = app.store.attempt_count(&b.id).await?;
+    let rate = delivered as f64 / elapsed.as_secs_f64();
+    let what = match channel {
+        BenchChannel::Email => "personalised emails",
+        BenchChannel::Webhook => "signed webhooks",
+    };
+    println!(
+        "broadcast ({kind:?}): {delivered} of {recipients} {what} delivered and recorded in {:.2} s (publishing, which writes the outbox rows, {:.2} s of it): {rate:.0}/s ({:.0} % of the reference); {attempts} attempts on record; states {counts:?}",
+        elapsed.as_secs_f64(),
+        fan_out.as_secs_f64(),
+        100.0 * rate / reference
+    );
+    if let Some(a) = &accepted {
+        println!("receiver accepted {} signed requests", a.load(std::sync::atomic::Ordering::Relaxed));
+    }
+    if let Some(mb) = peak_rss_mb() {
+        println!("peak memory (whole process, VmHWM): {mb:.0} MB");
+    }
+    if delivered != recipients {
+        bail!("only {delivered} of {recipients} delivered");
+    }
+    Ok(())
+}
+
+/// The size in bytes of one rendered bulletin email (multipart text + HTML), for smtp-source.
+async fn sample_email_size(app: &App, bulletin: &broadcast_core::BulletinId) -> Result<usize> {
+    let bulletin = app.store.get_bulletin(bulletin.as_str()).await?;
+    let ctx = broadcast_distribute::render::EmailContext {
+        body_allowed: bulletin.content.tlp.allowed_in_email_body(),
+        bulletin_url: app.bulletin_url(&bulletin.reference),
+        bulletin,
+        organisation: "Bench organisation".into(),
+        recipient_name: "Reader 1".into(),
+        unsubscribe_url: app.unsubscribe_url("contact_0000000000000000"),
+    };
+    let r = app.renderer.render_email("bulletin", &ctx)?;
+    // Headers and MIME framing add about 1 KB to the two bodies.
+    Ok(r.text.len() + r.html.len() + 1024)
+}

@@ -207,6 +207,9 @@ pub(crate) struct EndpointRow {
     pub previous_secret: Option<String>,
     pub previous_secret_until: Option<DateTime<Utc>>,
     pub format: String,
+    pub failing_since: Option<DateTime<Utc>>,
+    pub consecutive_failures: i32,
+    pub failure_warned_at: Option<DateTime<Utc>>,
 }
 
 impl EndpointRow {
@@ -221,6 +224,9 @@ impl EndpointRow {
             enabled: self.enabled,
             format: parse_enum("endpoint format", &self.format)?,
             created_at: self.created_at,
+            failing_since: self.failing_since,
+            consecutive_failures: self.consecutive_failures,
+            failure_warned_at: self.failure_warned_at,
         })
     }
 }

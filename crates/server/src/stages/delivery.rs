@@ -12,7 +12,10 @@
 use crate::app::App;
 use crate::stages::sleep_or_shutdown;
 use anyhow::Result;
-use broadcast_core::{Bulletin, ChannelKind, ContactId, Delivery, EndpointId};
+use broadcast_core::{
+    Bulletin, ChannelKind, Contact, ContactId, Delivery, DeliveryId, Endpoint, EndpointHealthAction,
+    EndpointId,
+};
 use broadcast_distribute::email::{EmailChannel, EmailMessage};
 use broadcast_distribute::render::EmailContext;
 use broadcast_distribute::retry::RetryPolicy;
@@ -24,7 +27,7 @@ use rand::Rng;
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
-use tokio::sync::{Mutex, Notify, OwnedSemaphorePermit, Semaphore, watch};
+use tokio::sync::{Mutex, Notify, OwnedSemaphorePermit, Semaphore, mpsc, oneshot, watch};
 
 pub struct Worker {
     app: App,
@@ -35,6 +38,64 @@ pub struct Worker {
     cache: Mutex<Cache>,
     /// Concurrency caps per webhook host and per endpoint.
     caps: std::sync::Mutex<HashMap<String, Arc<Semaphore>>>,
+    recorder: Recorder,
+}
+
+/// A claimed delivery's recipient, read with its batch.
+enum Recipient {
+    Contact(Contact),
+    Endpoint(Endpoint),
+}
+
+type Reply = oneshot::Sender<Result<(), String>>;
+
+/// Group commit for attempts: deliveries finishing at about the same time are recorded in
+/// one transaction. Each sender waits for its own commit, so a delivery's slot is freed only
+/// once its attempt is durable — the rows in flight stay bounded by the concurrency.
+struct Recorder {
+    tx: mpsc::UnboundedSender<(DeliveryId, AttemptRecord, Reply)>,
+}
+
+/// Most attempts written in one transaction.
+const RECORD_BATCH: usize = 512;
+
+impl Recorder {
+    fn start(store: broadcast_store::Store) -> Recorder {
+        let (tx, mut rx) = mpsc::unbounded_channel::<(DeliveryId, AttemptRecord, Reply)>();
+        tokio::spawn(async move {
+            while let Some(first) = rx.recv().await {
+                let mut batch = vec![first];
+                while batch.len() < RECORD_BATCH {
+                    match rx.try_recv() {
+                        Ok(item) => batch.push(item),
+                        Err(_) => break,
+                    }
+                }
+                let (items, replies): (Vec<_>, Vec<_>) =
+                    batch.into_iter().map(|(id, rec, reply)| ((id, rec), reply)).unzip();
+                match store.record_attempts(&items).await {
+                    Ok(results) => {
+                        for (reply, r) in replies.into_iter().zip(results) {
+                            let _ = reply.send(r.map_err(|e| e.to_string()));
+                        }
+                    }
+                    Err(e) => {
+                        let why = e.to_string();
+                        for reply in replies {
+                            let _ = reply.send(Err(why.clone()));
+                        }
+                    }
+                }
+            }
+        });
+        Recorder { tx }
+    }
+
+    async fn record(&self, id: DeliveryId, rec: AttemptRecord) -> Result<(), String> {
+        let (reply, done) = oneshot::channel();
+        self.tx.send((id, rec, reply)).map_err(|_| "the attempt recorder has stopped".to_owned())?;
+        done.await.map_err(|_| "the attempt recorder has stopped".to_owned())?
+    }
 }
 
 /// So a fan-out of thousands reads each bulletin and organisation once. Bulletins are
@@ -44,6 +105,9 @@ struct Cache {
     bulletins: HashMap<String, Arc<Bulletin>>,
     orgs: HashMap<String, String>,
 }
+
+/// Slots free one at a time are claimed for at least this often.
+const CLAIM_AT_LEAST_EVERY: Duration = Duration::from_millis(20);
 
 /// How long a row whose host or endpoint is at its cap waits before it is due again.
 const DEFER: Duration = Duration::from_millis(250);
@@ -56,6 +120,7 @@ impl Worker {
             webhook: Arc::new(app.webhook_channel()?),
             policy: app.settings.retry_policy(),
             id,
+            recorder: Recorder::start(app.store.clone()),
             app,
             cache: Mutex::new(Cache::default()),
             caps: std::sync::Mutex::new(HashMap::new()),
@@ -86,7 +151,7 @@ impl Worker {
 
     /// Delivers one claimed row, unless its host or endpoint is at its cap, in which case
     /// the row is handed back (no attempt counted) and `false` is returned.
-    async fn deliver_one(&self, d: Delivery) -> bool {
+    async fn deliver_one(&self, d: Delivery, recipient: Option<Recipient>) -> bool {
         let s = &self.app.settings.delivery;
         let _caps = if d.channel == ChannelKind::Webhook {
             let host = url::Url::parse(&d.address)
@@ -112,7 +177,7 @@ impl Worker {
         };
         let started_at = Utc::now();
         let clock = Instant::now();
-        let result = self.attempt(&d, &self.cache).await;
+        let result = self.attempt(&d, recipient, &self.cache).await;
         let duration_ms = clock.elapsed().as_millis() as i64;
         let attempts_made = d.attempts as u32 + 1;
         let mut gone: Option<String> = None;
@@ -172,8 +237,14 @@ impl Worker {
                 tracing::warn!(delivery.id = %d.id, channel = %d.channel, attempt = attempts_made, error = %error, "delivery failed")
             }
         }
+        // The error that counts against a webhook endpoint's health (None: it answered well).
+        let rec_outcome: Option<String> = match &outcome {
+            AttemptOutcome::Delivered => None,
+            AttemptOutcome::Retry { error, .. } | AttemptOutcome::Failed { error } => Some(error.clone()),
+        }
+        .filter(|e| !e.starts_with("endpoint disabled"));
         let rec = AttemptRecord { started_at, duration_ms, outcome, detail };
-        if let Err(e) = self.app.store.record_attempt(&d.id, &rec).await {
+        if let Err(e) = self.recorder.record(d.id.clone(), rec).await {
             // The lease expires and the row is tried again: at worst a duplicate with the
             // same webhook-id / Message-ID, never a loss.
             tracing::error!(delivery.id = %d.id, error = %e, "could not record attempt");
@@ -191,6 +262,20 @@ impl Worker {
                 Err(err) => tracing::error!(contact.id = %cid, error = %err, "could not record hard bounce"),
             }
         }
+        // A webhook endpoint's failure streak: warn its organisation, then disable it.
+        if d.channel == ChannelKind::Webhook
+            && gone.is_none()
+            && let Ok(eid) = d.recipient_id.parse::<EndpointId>()
+        {
+            match &rec_outcome {
+                Some(error) => self.endpoint_failed(&eid, error).await,
+                None => {
+                    if let Err(e) = self.app.store.note_endpoint_result(&eid, true, Utc::now()).await {
+                        tracing::error!(endpoint.id = %eid, error = %e, "could not note endpoint health");
+                    }
+                }
+            }
+        }
         // The receiver said the endpoint is gone: stop sending to it at all. Only after this
         // attempt is on record, or disabling would suppress the in-flight delivery itself.
         if let Some(reason) = gone
@@ -204,7 +289,136 @@ impl Worker {
         true
     }
 
-    async fn attempt(&self, d: &Delivery, cache: &Mutex<Cache>) -> Result<Receipt, DeliveryError> {
+    /// After a failed webhook attempt: extend the endpoint's failure streak, warn its
+    /// organisation once the streak is long enough, and disable it (with a notice) once it
+    /// has lasted `delivery.disable_endpoint_after_secs`.
+    async fn endpoint_failed(&self, eid: &EndpointId, error: &str) {
+        let s = &self.app.settings.delivery;
+        let now = Utc::now();
+        let ep = match self.app.store.note_endpoint_result(eid, false, now).await {
+            Ok(ep) => ep,
+            Err(e) => {
+                tracing::error!(endpoint.id = %eid, error = %e, "could not note endpoint health");
+                return;
+            }
+        };
+        let period = chrono::Duration::seconds(s.disable_endpoint_after_secs as i64);
+        let since = ep.failing_since.unwrap_or(now);
+        match ep.health_action(now, s.warn_endpoint_after_failures, period) {
+            EndpointHealthAction::Nothing => {}
+            EndpointHealthAction::Warn => {
+                if let Ok(true) = self.app.store.mark_endpoint_warned(eid, error, now).await {
+                    tracing::warn!(endpoint.id = %eid, failures = ep.consecutive_failures, "endpoint failing: organisation warned");
+                    let subject = format!(
+                        "Action needed: your Broadcast webhook endpoint is failing ({})",
+                        host_of(&ep.url)
+                    );
+                    let text = format!(
+                        "Your webhook endpoint\n\n  {url}\n\nhas failed the last {n} delivery attempts, since {since} UTC.\nLast error: {error}\n\nBroadcast keeps retrying. If it is still failing at {deadline} UTC it will be\ndisabled, and bulletins will no longer reach it until it is enabled again.\n",
+                        url = ep.url,
+                        n = ep.consecutive_failures,
+                        since = since.format("%Y-%m-%d %H:%M"),
+                        deadline = (since + period).format("%Y-%m-%d %H:%M"),
+                    );
+                    self.notify_org(&ep, "warning", &subject, &text).await;
+                }
+            }
+            EndpointHealthAction::Disable => {
+                let reason = format!(
+                    "failing continuously since {} UTC ({} attempts); last error: {error}",
+                    since.format("%Y-%m-%d %H:%M"),
+                    ep.consecutive_failures
+                );
+                match self.app.store.disable_failing_endpoint(eid, &reason, now).await {
+                    Ok(true) => {
+                        tracing::warn!(endpoint.id = %eid, reason = %reason, "failing endpoint disabled");
+                        let subject = format!(
+                            "Your Broadcast webhook endpoint has been disabled ({})",
+                            host_of(&ep.url)
+                        );
+                        let text = format!(
+                            "Your webhook endpoint\n\n  {url}\n\nhas been disabled: it has been {reason}.\n\nBulletins no longer reach it. Once it works again, ask your Broadcast\nadministrator to enable it and replay what it missed.\n",
+                            url = ep.url,
+                        );
+                        self.notify_org(&ep, "disabled", &subject, &text).await;
+                    }
+                    Ok(false) => {}
+                    Err(e) => tracing::error!(endpoint.id = %eid, error = %e, "could not disable endpoint"),
+                }
+            }
+        }
+    }
+
+    /// Emails an organisation's contacts (not unsubscribed or suppressed) about one of its
+    /// endpoints. The Message-ID is stable per endpoint, kind and failure streak.
+    async fn notify_org(&self, ep: &Endpoint, kind: &str, subject: &str, text: &str) {
+        let contacts = match self.app.store.list_contacts(&ep.org_id).await {
+            Ok(c) => c,
+            Err(e) => {
+                tracing::error!(org.id = %ep.org_id, error = %e, "could not list contacts for a notice");
+                return;
+            }
+        };
+        let streak = ep.failing_since.map(|t| t.timestamp()).unwrap_or_default();
+        let mut sent = 0;
+        for c in contacts.iter().filter(|c| !c.unsubscribed && c.suppressed_reason.is_none()) {
+            let msg = EmailMessage {
+                delivery_id: format!("notice-{kind}-{}-{streak}-{}", ep.id, c.id),
+                to: c.email.clone(),
+                to_name: c.name.clone(),
+                rendered: broadcast_distribute::render::RenderedEmail {
+                    subject: subject.to_owned(),
+                    text: text.to_owned(),
+                    html: format!(
+                        "<pre style=\"font-family:inherit;white-space:pre-wrap\">{}</pre>",
+                        html_escape(text)
+                    ),
+                },
+                unsubscribe_url: self.app.unsubscribe_url(c.id.as_str()),
+            };
+            match self.email.deliver(&msg).await {
+                Ok(_) => sent += 1,
+                Err(e) => {
+                    tracing::error!(contact.id = %c.id, error = %e, "could not send endpoint {kind} notice")
+                }
+            }
+        }
+        if sent == 0 {
+            tracing::warn!(org.id = %ep.org_id, endpoint.id = %ep.id, "no contact could be sent the endpoint {kind} notice");
+        }
+    }
+
+    /// The contacts and endpoints of a claimed batch, read in two queries rather than one
+    /// per delivery. A recipient missing here is read again when it is delivered.
+    async fn recipients(&self, rows: &[Delivery]) -> HashMap<String, Recipient> {
+        let contacts: Vec<ContactId> = rows
+            .iter()
+            .filter(|d| d.channel == ChannelKind::Email)
+            .filter_map(|d| d.recipient_id.parse().ok())
+            .collect();
+        let endpoints: Vec<EndpointId> = rows
+            .iter()
+            .filter(|d| d.channel == ChannelKind::Webhook)
+            .filter_map(|d| d.recipient_id.parse().ok())
+            .collect();
+        let mut out = HashMap::new();
+        match self.app.store.get_contacts(&contacts).await {
+            Ok(cs) => out.extend(cs.into_iter().map(|c| (c.id.to_string(), Recipient::Contact(c)))),
+            Err(e) => tracing::warn!(error = %e, "could not read a batch of contacts"),
+        }
+        match self.app.store.get_endpoints(&endpoints).await {
+            Ok(es) => out.extend(es.into_iter().map(|e| (e.id.to_string(), Recipient::Endpoint(e)))),
+            Err(e) => tracing::warn!(error = %e, "could not read a batch of endpoints"),
+        }
+        out
+    }
+
+    async fn attempt(
+        &self,
+        d: &Delivery,
+        recipient: Option<Recipient>,
+        cache: &Mutex<Cache>,
+    ) -> Result<Receipt, DeliveryError> {
         {
             let mut c = cache.lock().await;
             if c.bulletins.len() > 1000 || c.orgs.len() > 10_000 {
@@ -239,7 +453,10 @@ impl Worker {
             ChannelKind::Email => {
                 let cid: ContactId =
                     d.recipient_id.parse().map_err(|e| DeliveryError::Permanent(format!("{e}")))?;
-                let contact = self.app.store.get_contact(&cid).await.map_err(store_err)?;
+                let contact = match recipient {
+                    Some(Recipient::Contact(c)) => c,
+                    _ => self.app.store.get_contact(&cid).await.map_err(store_err)?,
+                };
                 if contact.unsubscribed {
                     return Err(DeliveryError::Permanent("contact unsubscribed".into()));
                 }
@@ -272,7 +489,10 @@ impl Worker {
             ChannelKind::Webhook => {
                 let eid: EndpointId =
                     d.recipient_id.parse().map_err(|e| DeliveryError::Permanent(format!("{e}")))?;
-                let ep = self.app.store.get_endpoint(&eid).await.map_err(store_err)?;
+                let ep = match recipient {
+                    Some(Recipient::Endpoint(e)) => e,
+                    _ => self.app.store.get_endpoint(&eid).await.map_err(store_err)?,
+                };
                 if !ep.enabled {
                     return Err(DeliveryError::Permanent("endpoint disabled".into()));
                 }
@@ -300,6 +520,8 @@ pub async fn run(app: App, mut shutdown: watch::Receiver<bool>) -> Result<()> {
     let slots = Arc::new(Semaphore::new(s.concurrency));
     let slot_freed = Arc::new(Notify::new());
     let poll = Duration::from_millis(s.poll_interval_ms);
+    let min_claim = (s.concurrency / 8).clamp(1, s.batch_size.max(1) as usize);
+    let mut last_claim = Instant::now();
     loop {
         if *shutdown.borrow() {
             break;
@@ -308,15 +530,22 @@ pub async fn run(app: App, mut shutdown: watch::Receiver<bool>) -> Result<()> {
         let freed = slot_freed.notified();
         let free = slots.available_permits();
         let mut claimed = 0;
-        if free > 0 {
+        // With a deep queue, slots free one by one: claiming for each would cost a write
+        // transaction per delivery, so wait until a few are free — but never long, or rows
+        // due now would wait behind deliveries still in flight.
+        let worth_claiming = free >= min_claim || (free > 0 && last_claim.elapsed() >= CLAIM_AT_LEAST_EVERY);
+        if worth_claiming {
+            last_claim = Instant::now();
             match worker.claim((free as i64).min(s.batch_size)).await {
                 Ok(rows) => {
                     claimed = rows.len();
+                    let mut recipients = worker.recipients(&rows).await;
                     for d in rows {
                         let permit = slots.clone().acquire_owned().await.expect("semaphore never closed");
                         let (w, freed_tx) = (worker.clone(), slot_freed.clone());
+                        let recipient = recipients.remove(d.recipient_id.as_str());
                         tokio::spawn(async move {
-                            w.deliver_one(d).await;
+                            w.deliver_one(d, recipient).await;
                             drop(permit);
                             freed_tx.notify_one();
                         });
@@ -325,11 +554,11 @@ pub async fn run(app: App, mut shutdown: watch::Receiver<bool>) -> Result<()> {
                 Err(e) => tracing::error!(error = %e, "claiming deliveries failed"),
             }
         }
-        if claimed > 0 && slots.available_permits() > 0 {
+        if claimed > 0 && slots.available_permits() >= min_claim {
             continue;
         }
-        let wait = if slots.available_permits() == 0 {
-            poll
+        let wait = if slots.available_permits() < min_claim {
+            CLAIM_AT_LEAST_EVERY
         } else {
             match app.store.next_due_at().await {
                 // Rows due now but leased elsewhere or deferred: look again shortly, not in a spin.
@@ -357,4 +586,12 @@ fn hostname() -> String {
         .map(|h| h.trim().to_owned())
         .filter(|h| !h.is_empty())
         .unwrap_or_else(|| "node".into())
+}
+
+fn host_of(url: &str) -> String {
+    url::Url::parse(url).ok().and_then(|u| u.host_str().map(str::to_owned)).unwrap_or_else(|| url.to_owned())
+}
+
+fn html_escape(s: &str) -> String {
+    s.replace('&', "&amp;").replace('<', "&lt;").replace('>', "&gt;").replace('"', "&quot;")
 }
