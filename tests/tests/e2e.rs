@@ -955,3 +955,126 @@ async fn repeated_hard_bounces_suppress_the_address() {
         org["contacts"].as_array().unwrap().iter().find(|c| c["email"] == "nobody@trust.nhs.test").unwrap();
     assert!(c["suppressed_reason"].as_str().is_some(), "{c}");
 }
+
+/// One bulletin to twenty healthy endpoints and four bad ones — answering 500, hanging past
+/// the timeout, slow but within it, and 410 Gone — on the same host. The healthy ones are all
+/// delivered before the hanging one's first attempt has even timed out; the slow one is
+/// delivered; 410 disables its endpoint at once; the 500 endpoint is retried, its
+/// organisation is emailed a warning, and once it has failed for the configured period it is
+/// disabled and they are emailed a notice (read from a real SMTP server).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_endpoints_never_hold_up_healthy_ones() {
+    const HEALTHY: usize = 20;
+    let app = axum::Router::new()
+        .route("/ok/{n}", post(|| async { StatusCode::NO_CONTENT }))
+        .route(
+            "/slow",
+            post(|| async {
+                tokio::time::sleep(Duration::from_millis(1500)).await;
+                StatusCode::NO_CONTENT
+            }),
+        )
+        .route(
+            "/hang",
+            post(|| async {
+                tokio::time::sleep(Duration::from_secs(60)).await;
+                StatusCode::NO_CONTENT
+            }),
+        )
+        .route("/error", post(|| async { (StatusCode::INTERNAL_SERVER_ERROR, "database is down") }))
+        .route("/gone", post(|| async { (StatusCode::GONE, "unsubscribed") }));
+    let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let receiver = format!("http://{}", l.local_addr().unwrap());
+    tokio::spawn(async move { axum::serve(l, app).await.unwrap() });
+
+    let mail = tempfile::tempdir().unwrap();
+    let maildir = mail.path().join("maildir");
+    let (_smtp, smtp_port) = start_smtp(&maildir);
+    let mut endpoints: Vec<String> = (0..HEALTHY).map(|n| format!("{receiver}/ok/{n}")).collect();
+    for bad in ["slow", "hang", "error", "gone"] {
+        endpoints.push(format!("{receiver}/{bad}"));
+    }
+    let endpoints: String =
+        endpoints.iter().map(|u| format!("  {{ url = \"{u}\", secret = \"{SOC_SECRET}\" }},\n")).collect();
+    let rig = Rig::start(
+        &format!("contacts = [{{ email = \"soc-lead@trust.nhs.test\" }}]\nendpoints = [\n{endpoints}]"),
+        &format!(
+            "{}[webhook]\nallow_networks = [\"127.0.0.0/8\"]\ntimeout_secs = 3\n\
+             [delivery]\npoll_interval_ms = 200\nretry_delays_secs = [1, 1, 1, 1, 1, 1, 1, 1, 1, 1]\n\
+             warn_endpoint_after_failures = 2\ndisable_endpoint_after_secs = 4\n",
+            smtp_config(smtp_port)
+        ),
+    )
+    .await;
+    let reference = rig.publish("Bad neighbours").await;
+    let status = rig.finished(&reference, 120).await;
+    let rows = status["deliveries"].as_array().unwrap().clone();
+    let row = |suffix: &str| {
+        rows.iter().find(|d| d["address"].as_str().unwrap().ends_with(suffix)).unwrap().clone()
+    };
+    let time = |v: &Value| chrono::DateTime::parse_from_rfc3339(v.as_str().unwrap()).unwrap();
+
+    // The hanging endpoint's first attempt ended (timed out) after every healthy delivery.
+    let hang = row("/hang");
+    let hang_attempts =
+        rig.api.get(ALICE, &format!("/api/deliveries/{}/attempts", hang["id"].as_str().unwrap())).await;
+    let first = &hang_attempts["attempts"][0];
+    assert!(first["detail"].as_str().unwrap().contains("timed out"), "{first}");
+    let first_ended =
+        time(&first["started_at"]) + chrono::Duration::milliseconds(first["duration_ms"].as_i64().unwrap());
+    for n in 0..HEALTHY {
+        let d = row(&format!("/ok/{n}"));
+        assert_eq!(d["state"], "delivered", "{d}");
+        assert_eq!(d["attempts"], 1, "{d}");
+        assert!(time(&d["delivered_at"]) < first_ended, "healthy {n} waited for the hanging endpoint: {d}");
+    }
+    let slow = row("/slow");
+    assert_eq!(slow["state"], "delivered", "slow but within the timeout: {slow}");
+
+    let gone = row("/gone");
+    assert_eq!(gone["state"], "failed", "{gone}");
+    assert_eq!(gone["attempts"], 1, "410 is not retried: {gone}");
+
+    // 500: retried until the endpoint was disabled for failing continuously.
+    let error = row("/error");
+    assert_eq!(error["state"], "suppressed", "{error}");
+    assert!(error["attempts"].as_i64().unwrap() >= 2, "{error}");
+    let reason = error["reason"].as_str().unwrap();
+    assert!(reason.starts_with("endpoint disabled: failing continuously since"), "{reason}");
+    assert!(reason.contains("HTTP 500: database is down"), "{reason}");
+    let org = rig.api.get(ALICE, "/api/organisations/Trust").await;
+    let enabled = |suffix: &str| {
+        org["endpoints"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|e| e["url"].as_str().unwrap().ends_with(suffix))
+            .unwrap()["enabled"]
+            .clone()
+    };
+    assert_eq!(enabled("/gone"), false, "410 disables the endpoint");
+    assert_eq!(enabled("/error"), false);
+    assert_eq!(enabled("/ok/0"), true);
+    assert_eq!(enabled("/slow"), true);
+
+    // The organisation's contact got the bulletin, a warning and a notice about /error.
+    let mails = wait_for("the warning and the notice about /error", 30, || async {
+        let mut subjects_and_bodies = Vec::new();
+        for f in std::fs::read_dir(maildir.join("new")).ok()? {
+            let raw = std::fs::read(f.ok()?.path()).ok()?;
+            let msg = mail_parser::MessageParser::default().parse(&raw)?;
+            subjects_and_bodies.push((msg.subject()?.to_owned(), msg.body_text(0)?.into_owned()));
+        }
+        let about_error = |s: &str| {
+            subjects_and_bodies
+                .iter()
+                .any(|(subject, body)| subject.contains(s) && body.contains(&format!("{receiver}/error")))
+        };
+        (about_error("is failing") && about_error("has been disabled")).then_some(subjects_and_bodies)
+    })
+    .await;
+    let warnings = mails.iter().filter(|(s, b)| s.contains("is failing") && b.contains("/error")).count();
+    assert_eq!(warnings, 1, "warned once per failure streak");
+    let audit = cli(&rig.config, &["audit", "list"]);
+    assert!(audit.contains("endpoint.warn") && audit.contains("endpoint.disable"), "{audit}");
+}

@@ -134,7 +134,79 @@ conformance!(
     disabling_and_replaying,
     interests_target_organisations,
     hard_bounces_count_within_thirty_days,
+    endpoint_failure_streaks,
+    batch_reads_and_recording,
 );
+
+/// A failing endpoint's streak: counted, kept from its first failure, reset by a success or
+/// by enabling; warned once; disabled once (the second call reports it was already done).
+async fn endpoint_failure_streaks(s: Store) {
+    let (alice, bob, _) = setup_people(&s).await;
+    let org = s.create_organisation("Trust", Tlp::Clear, ThreatLevel::Information, t0()).await.unwrap();
+    let ep =
+        s.add_endpoint(org.id.as_str(), "https://soc.trust.example/hook", "whsec_eA==", t0()).await.unwrap();
+    let t1 = t0() + chrono::Duration::minutes(1);
+    let e = s.note_endpoint_result(&ep.id, false, t0()).await.unwrap();
+    assert_eq!((e.consecutive_failures, e.failing_since), (1, Some(t0())));
+    let e = s.note_endpoint_result(&ep.id, false, t1).await.unwrap();
+    assert_eq!((e.consecutive_failures, e.failing_since), (2, Some(t0())), "the streak keeps its start");
+    assert!(s.mark_endpoint_warned(&ep.id, "HTTP 500", t1).await.unwrap());
+    assert!(!s.mark_endpoint_warned(&ep.id, "HTTP 500", t1).await.unwrap(), "warned once");
+    let e = s.note_endpoint_result(&ep.id, true, t1).await.unwrap();
+    assert_eq!((e.consecutive_failures, e.failing_since, e.failure_warned_at), (0, None, None));
+
+    let b = publish(&s, &content("One", Tlp::Clear, ThreatLevel::High), &alice, &bob).await;
+    s.note_endpoint_result(&ep.id, false, t1).await.unwrap();
+    assert!(s.disable_failing_endpoint(&ep.id, "failing for 5 days", t1).await.unwrap());
+    assert!(!s.disable_failing_endpoint(&ep.id, "failing for 5 days", t1).await.unwrap(), "only once");
+    let d = s.deliveries_for_bulletin(&b.id).await.unwrap().remove(0);
+    assert_eq!(d.state, DeliveryState::Suppressed);
+    assert_eq!(d.reason.as_deref(), Some("endpoint disabled: failing for 5 days"));
+    let e = s.set_endpoint_enabled(&ep.id, true, "usr_admin", "fixed", t1).await.unwrap();
+    assert!(e.enabled);
+    assert_eq!((e.consecutive_failures, e.failing_since), (0, None), "enabling starts afresh");
+    let actions: Vec<String> =
+        s.audit_entries(0, 100).await.unwrap().into_iter().map(|a| a.action).collect();
+    assert!(actions.iter().any(|a| a == "endpoint.warn"), "{actions:?}");
+}
+
+/// The worker's batch paths: many recipients read at once (missing ids simply absent), and
+/// many attempts recorded in one transaction, each with its own result.
+async fn batch_reads_and_recording(s: Store) {
+    let (alice, bob, _) = setup_people(&s).await;
+    let org = s.create_organisation("Trust", Tlp::Clear, ThreatLevel::Information, t0()).await.unwrap();
+    let mut contacts = Vec::new();
+    for n in 0..3 {
+        contacts
+            .push(s.add_contact(org.id.as_str(), &format!("r{n}@trust.example"), "", t0()).await.unwrap().id);
+    }
+    let mut ids = contacts.clone();
+    ids.push(broadcast_core::ContactId::from_suffix("missing"));
+    let got = s.get_contacts(&ids).await.unwrap();
+    assert_eq!(got.len(), 3);
+    assert!(s.get_contacts(&[]).await.unwrap().is_empty());
+    let ep =
+        s.add_endpoint(org.id.as_str(), "https://soc.trust.example/hook", "whsec_eA==", t0()).await.unwrap();
+    assert_eq!(s.get_endpoints(&[ep.id.clone()]).await.unwrap()[0].url, "https://soc.trust.example/hook");
+
+    let b = publish(&s, &content("One", Tlp::Clear, ThreatLevel::High), &alice, &bob).await;
+    let rows = s.deliveries_for_bulletin(&b.id).await.unwrap();
+    assert_eq!(rows.len(), 4);
+    let rec = |outcome| AttemptRecord { started_at: t0(), duration_ms: 2, outcome, detail: "250 ok".into() };
+    let mut batch: Vec<(broadcast_core::DeliveryId, AttemptRecord)> =
+        rows.iter().map(|d| (d.id.clone(), rec(AttemptOutcome::Delivered))).collect();
+    batch[0].1 =
+        rec(AttemptOutcome::Retry { at: t0() + chrono::Duration::seconds(5), error: "421 busy".into() });
+    batch.push((broadcast_core::DeliveryId::from_suffix("missing"), rec(AttemptOutcome::Delivered)));
+    let results = s.record_attempts(&batch).await.unwrap();
+    assert_eq!(results.iter().filter(|r| r.is_ok()).count(), 4);
+    assert!(results[4].as_ref().is_err_and(|e| e.to_string().contains("missing")), "{:?}", results[4]);
+    let counts = s.delivery_counts(&b.id).await.unwrap();
+    assert_eq!((counts["delivered"], counts["pending"]), (3, 1));
+    assert_eq!(s.attempt_count(&b.id).await.unwrap(), 4);
+    let retried = s.get_delivery(&batch[0].0).await.unwrap();
+    assert_eq!((retried.attempts, retried.reason.as_deref()), (1, Some("421 busy")));
+}
 
 mod audit_tampering {
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
