@@ -165,8 +165,7 @@ async fn endpoint_failure_streaks(s: Store) {
     let e = s.set_endpoint_enabled(&ep.id, true, "usr_admin", "fixed", t1).await.unwrap();
     assert!(e.enabled);
     assert_eq!((e.consecutive_failures, e.failing_since), (0, None), "enabling starts afresh");
-    let actions: Vec<String> =
-        s.audit_entries(0, 100).await.unwrap().into_iter().map(|a| a.action).collect();
+    let actions: Vec<String> = s.audit_entries(0, 100).await.unwrap().into_iter().map(|a| a.action).collect();
     assert!(actions.iter().any(|a| a == "endpoint.warn"), "{actions:?}");
 }
 
@@ -187,7 +186,10 @@ async fn batch_reads_and_recording(s: Store) {
     assert!(s.get_contacts(&[]).await.unwrap().is_empty());
     let ep =
         s.add_endpoint(org.id.as_str(), "https://soc.trust.example/hook", "whsec_eA==", t0()).await.unwrap();
-    assert_eq!(s.get_endpoints(&[ep.id.clone()]).await.unwrap()[0].url, "https://soc.trust.example/hook");
+    assert_eq!(
+        s.get_endpoints(std::slice::from_ref(&ep.id)).await.unwrap()[0].url,
+        "https://soc.trust.example/hook"
+    );
 
     let b = publish(&s, &content("One", Tlp::Clear, ThreatLevel::High), &alice, &bob).await;
     let rows = s.deliveries_for_bulletin(&b.id).await.unwrap();
