@@ -177,6 +177,11 @@ impl Worker {
         };
         let started_at = Utc::now();
         let clock = Instant::now();
+        // Whether a success has a failure streak to clear (unknown: assume so).
+        let had_streak = match &recipient {
+            Some(Recipient::Endpoint(e)) => e.consecutive_failures > 0 || e.failing_since.is_some(),
+            _ => true,
+        };
         let result = self.attempt(&d, recipient, &self.cache).await;
         let duration_ms = clock.elapsed().as_millis() as i64;
         let attempts_made = d.attempts as u32 + 1;
@@ -269,6 +274,7 @@ impl Worker {
         {
             match &rec_outcome {
                 Some(error) => self.endpoint_failed(&eid, error).await,
+                None if !had_streak => {}
                 None => {
                     if let Err(e) = self.app.store.note_endpoint_result(&eid, true, Utc::now()).await {
                         tracing::error!(endpoint.id = %eid, error = %e, "could not note endpoint health");
