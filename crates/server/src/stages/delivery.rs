@@ -106,6 +106,9 @@ struct Cache {
     orgs: HashMap<String, String>,
 }
 
+/// How long a delivery waits for its host's or endpoint's cap before it is deferred.
+const CAP_WAIT: Duration = Duration::from_millis(50);
+
 /// Slots free one at a time are claimed for at least this often.
 const CLAIM_AT_LEAST_EVERY: Duration = Duration::from_millis(20);
 
@@ -127,8 +130,10 @@ impl Worker {
         })
     }
 
-    /// A permit from the cap named `key` (created with `size` slots), if one is free now.
-    fn try_cap(&self, key: String, size: usize) -> Option<OwnedSemaphorePermit> {
+    /// A permit from the cap named `key` (created with `size` slots), if one frees within
+    /// [`CAP_WAIT`]: a delivery finishing (recording its attempt) frees it in milliseconds,
+    /// while a slow or dead receiver keeps it — then the row is deferred instead.
+    async fn try_cap(&self, key: String, size: usize) -> Option<OwnedSemaphorePermit> {
         let sem = self
             .caps
             .lock()
@@ -136,7 +141,10 @@ impl Worker {
             .entry(key)
             .or_insert_with(|| Arc::new(Semaphore::new(size)))
             .clone();
-        sem.try_acquire_owned().ok()
+        match sem.clone().try_acquire_owned() {
+            Ok(p) => Some(p),
+            Err(_) => tokio::time::timeout(CAP_WAIT, sem.acquire_owned()).await.ok()?.ok(),
+        }
     }
 
     /// Claims up to `limit` due rows.
@@ -158,10 +166,11 @@ impl Worker {
                 .ok()
                 .and_then(|u| u.host_str().map(str::to_owned))
                 .unwrap_or_default();
-            let host_cap = self.try_cap(format!("host:{host}"), s.per_host_concurrency);
-            let endpoint_cap = host_cap
-                .as_ref()
-                .and_then(|_| self.try_cap(format!("ep:{}", d.recipient_id), s.per_endpoint_concurrency));
+            let host_cap = self.try_cap(format!("host:{host}"), s.per_host_concurrency).await;
+            let endpoint_cap = match &host_cap {
+                Some(_) => self.try_cap(format!("ep:{}", d.recipient_id), s.per_endpoint_concurrency).await,
+                None => None,
+            };
             match (host_cap, endpoint_cap) {
                 (Some(h), Some(e)) => Some((h, e)),
                 _ => {
