@@ -1078,3 +1078,38 @@ async fn bad_endpoints_never_hold_up_healthy_ones() {
     let audit = cli(&rig.config, &["audit", "list"]);
     assert!(audit.contains("endpoint.warn") && audit.contains("endpoint.disable"), "{audit}");
 }
+
+/// Through a real SMTP server: no connection carries more than
+/// `email.smtp.max_messages_per_connection` messages, and no more than `max_connections` are
+/// used at once — 25 emails with a limit of 5 need at least five connections.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn smtp_connections_carry_at_most_the_configured_messages() {
+    const N: usize = 25;
+    let mail = tempfile::tempdir().unwrap();
+    let maildir = mail.path().join("maildir");
+    let (_smtp, smtp_port) = start_smtp(&maildir);
+    let contacts: String =
+        (0..N).map(|n| format!("  {{ email = \"reader{n:02}@trust.nhs.test\" }},\n")).collect();
+    let rig = Rig::start(
+        &format!("contacts = [\n{contacts}]"),
+        &format!(
+            "{}max_connections = 2\nmax_messages_per_connection = 5\n[delivery]\npoll_interval_ms = 200\n",
+            smtp_config(smtp_port)
+        ),
+    )
+    .await;
+    let reference = rig.publish("Counted connections").await;
+    let status = rig.finished(&reference, 60).await;
+    assert_eq!(status["counts"]["delivered"], N, "{}", status["counts"]);
+    // aiosmtpd stamps each message with the client's address and port: one port, one connection.
+    let mut per_connection: std::collections::HashMap<String, usize> = Default::default();
+    for f in std::fs::read_dir(maildir.join("new")).unwrap() {
+        let raw = std::fs::read(f.unwrap().path()).unwrap();
+        let msg = mail_parser::MessageParser::default().parse(&raw).unwrap();
+        let peer = msg.header_raw("X-Peer").expect("aiosmtpd adds X-Peer").trim().to_owned();
+        *per_connection.entry(peer).or_default() += 1;
+    }
+    assert_eq!(per_connection.values().sum::<usize>(), N);
+    assert!(per_connection.values().all(|&n| n <= 5), "{per_connection:?}");
+    assert!(per_connection.len() >= N / 5, "{per_connection:?}");
+}

@@ -112,8 +112,10 @@ pub struct EmailMessage {
 }
 
 enum Transport {
+    /// The pool caps its own connections (`max_connections`).
     Smtp(Box<SmtpPool>),
-    File(AsyncFileTransport<Tokio1Executor>),
+    /// At most this many files written at once.
+    File(AsyncFileTransport<Tokio1Executor>, Semaphore),
 }
 
 pub struct EmailChannel {
@@ -121,7 +123,6 @@ pub struct EmailChannel {
     from: Mailbox,
     list_id: String,
     domain: String,
-    limit: Arc<Semaphore>,
 }
 
 macro_rules! raw_header {
@@ -159,7 +160,7 @@ impl EmailChannel {
                 why: format!("`{}` must be a bare identifier like bulletins.example.org", s.list_id),
             });
         }
-        let (transport, permits) = match s.transport {
+        let transport = match s.transport {
             TransportKind::File => {
                 let dir = s.file_dir.as_deref().ok_or_else(|| EmailConfigError {
                     key: "file_dir",
@@ -169,7 +170,7 @@ impl EmailChannel {
                     key: "dir",
                     why: format!("cannot create `{dir}`: {e}"),
                 })?;
-                (Transport::File(AsyncFileTransport::new(dir)), 4)
+                Transport::File(AsyncFileTransport::new(dir), Semaphore::new(4))
             }
             TransportKind::Smtp => {
                 let smtp = s.smtp.as_ref().ok_or_else(|| EmailConfigError {
@@ -226,16 +227,10 @@ impl EmailChannel {
                     max_connections: smtp.max_connections,
                     max_messages_per_connection: smtp.max_messages_per_connection,
                 });
-                (Transport::Smtp(Box::new(pool)), smtp.max_connections)
+                Transport::Smtp(Box::new(pool))
             }
         };
-        Ok(EmailChannel {
-            transport,
-            from,
-            list_id: s.list_id.trim().to_owned(),
-            domain,
-            limit: Arc::new(Semaphore::new(permits)),
-        })
+        Ok(EmailChannel { transport, from, list_id: s.list_id.trim().to_owned(), domain })
     }
 
     /// Builds the message exactly as it will be sent.
@@ -264,7 +259,6 @@ impl Channel for EmailChannel {
 
     async fn deliver(&self, m: &EmailMessage) -> Result<Receipt, DeliveryError> {
         let msg = self.build(m)?;
-        let _permit = self.limit.acquire().await.expect("semaphore never closed");
         match &self.transport {
             Transport::Smtp(pool) => match pool.send(msg.envelope(), &msg.formatted()).await {
                 Ok(resp) => Ok(Receipt {
@@ -281,10 +275,13 @@ impl Channel for EmailChannel {
                 }
                 Err(e) => Err(DeliveryError::Transient(excerpt(&broadcast_core::error_chain(&e), 500))),
             },
-            Transport::File(t) => match t.send(msg).await {
-                Ok(id) => Ok(Receipt { detail: format!("written as {id}.eml") }),
-                Err(e) => Err(DeliveryError::Transient(format!("cannot write message file: {e}"))),
-            },
+            Transport::File(t, limit) => {
+                let _permit = limit.acquire().await.expect("semaphore never closed");
+                match t.send(msg).await {
+                    Ok(id) => Ok(Receipt { detail: format!("written as {id}.eml") }),
+                    Err(e) => Err(DeliveryError::Transient(format!("cannot write message file: {e}"))),
+                }
+            }
         }
     }
 }

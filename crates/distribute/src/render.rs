@@ -98,6 +98,21 @@ impl Renderer {
     }
 }
 
+/// Text made safe to put inside HTML (minijinja's own escaping).
+pub fn escape_html(s: &str) -> String {
+    minijinja::HtmlEscape(s).to_string()
+}
+
+/// A plain-text system notice (not a bulletin) as an email: the HTML part is the same text,
+/// escaped, with its line breaks kept.
+pub fn notice_email(subject: &str, text: &str) -> RenderedEmail {
+    RenderedEmail {
+        subject: subject.to_owned(),
+        text: text.to_owned(),
+        html: format!("<pre style=\"font-family:inherit;white-space:pre-wrap\">{}</pre>", escape_html(text)),
+    }
+}
+
 /// Splits text on blank lines, for templates that render paragraphs.
 fn paragraphs(text: String) -> Vec<String> {
     text.split("\n\n").map(|p| p.trim().to_owned()).filter(|p| !p.is_empty()).collect()
@@ -157,6 +172,14 @@ mod tests {
 
     fn repo_templates() -> PathBuf {
         Path::new(env!("CARGO_MANIFEST_DIR")).join("../../bulletin-templates")
+    }
+
+    #[test]
+    fn notices_escape_their_text() {
+        let n = notice_email("Endpoint failing", "Last error: HTTP 500: <script>alert(1)</script> & more");
+        assert_eq!(n.text, "Last error: HTTP 500: <script>alert(1)</script> & more");
+        assert!(!n.html.contains("<script>"), "{}", n.html);
+        assert!(n.html.contains("&lt;script&gt;alert(1)&lt;&#x2f;script&gt; &amp; more"), "{}", n.html);
     }
 
     #[test]

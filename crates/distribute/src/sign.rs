@@ -38,12 +38,36 @@ pub fn secret_from_bytes(bytes: &[u8; 24]) -> String {
 /// The `webhook-signature` header value for one attempt.
 pub fn sign(secret: &str, msg_id: &str, timestamp: i64, body: &[u8]) -> Result<String, SecretError> {
     let mut mac = HmacSha256::new_from_slice(&key(secret)?).expect("HMAC takes any key length");
-    mac.update(msg_id.as_bytes());
-    mac.update(b".");
-    mac.update(timestamp.to_string().as_bytes());
-    mac.update(b".");
-    mac.update(body);
+    mac.update(&signed_content(msg_id, timestamp, body));
     Ok(format!("v1,{}", STANDARD.encode(mac.finalize().into_bytes())))
+}
+
+/// What both schemes sign: `{id}.{timestamp}.{body}`.
+fn signed_content(msg_id: &str, timestamp: i64, body: &[u8]) -> Vec<u8> {
+    let mut content = format!("{msg_id}.{timestamp}.").into_bytes();
+    content.extend_from_slice(body);
+    content
+}
+
+/// The receiver's side of both schemes: refuse a stale timestamp, then accept if any
+/// signature in the (space-separated) header with this `prefix` passes `check`.
+fn verify_any(
+    signature_header: &str,
+    prefix: &str,
+    timestamp: i64,
+    now: i64,
+    tolerance_secs: i64,
+    check: impl Fn(&[u8]) -> bool,
+) -> Result<(), VerifyError> {
+    if (now - timestamp).abs() > tolerance_secs {
+        return Err(VerifyError::Stale(timestamp));
+    }
+    let found = signature_header
+        .split(' ')
+        .filter_map(|sig| sig.strip_prefix(prefix))
+        .filter_map(|b64| STANDARD.decode(b64).ok())
+        .any(|sig| check(&sig));
+    if found { Ok(()) } else { Err(VerifyError::NoMatch) }
 }
 
 /// Why a received webhook was not accepted.
@@ -53,8 +77,10 @@ pub enum VerifyError {
     Secret(#[from] SecretError),
     #[error("timestamp {0} is outside the allowed window")]
     Stale(i64),
-    #[error("no v1 signature matches")]
+    #[error("no signature of this scheme matches")]
     NoMatch,
+    #[error("public key must be `whpk_` followed by base64 of 32 bytes")]
+    PublicKey,
 }
 
 /// Verifies a received webhook the way a receiver should: constant-time comparison against
@@ -68,21 +94,13 @@ pub fn verify(
     now: i64,
     tolerance_secs: i64,
 ) -> Result<(), VerifyError> {
-    if (now - timestamp).abs() > tolerance_secs {
-        return Err(VerifyError::Stale(timestamp));
-    }
     let k = key(secret)?;
-    for sig in signature_header.split(' ') {
-        let Some(b64) = sig.strip_prefix("v1,") else { continue };
-        let Ok(expected) = STANDARD.decode(b64) else { continue };
+    let content = signed_content(msg_id, timestamp, body);
+    verify_any(signature_header, "v1,", timestamp, now, tolerance_secs, |expected| {
         let mut mac = HmacSha256::new_from_slice(&k).expect("HMAC takes any key length");
-        mac.update(format!("{msg_id}.{timestamp}.").as_bytes());
-        mac.update(body);
-        if mac.verify_slice(&expected).is_ok() {
-            return Ok(());
-        }
-    }
-    Err(VerifyError::NoMatch)
+        mac.update(&content);
+        mac.verify_slice(expected).is_ok()
+    })
 }
 
 /// The optional asymmetric scheme, `v1a`: an ed25519 signature over the same
@@ -122,10 +140,8 @@ impl AsymmetricKey {
     /// The `v1a,…` signature for one attempt.
     pub fn sign(&self, msg_id: &str, timestamp: i64, body: &[u8]) -> String {
         use ed25519_dalek::Signer;
-        let mut content = Vec::with_capacity(body.len() + msg_id.len() + 24);
-        content.extend_from_slice(format!("{msg_id}.{timestamp}.").as_bytes());
-        content.extend_from_slice(body);
-        format!("v1a,{}", STANDARD.encode(self.0.sign(&content).to_bytes()))
+        let signature = self.0.sign(&signed_content(msg_id, timestamp, body));
+        format!("v1a,{}", STANDARD.encode(signature.to_bytes()))
     }
 }
 
@@ -139,27 +155,17 @@ pub fn verify_asymmetric(
     now: i64,
     tolerance_secs: i64,
 ) -> Result<(), VerifyError> {
-    if (now - timestamp).abs() > tolerance_secs {
-        return Err(VerifyError::Stale(timestamp));
-    }
-    let key: [u8; 32] = public_key
+    let key = public_key
         .strip_prefix("whpk_")
         .and_then(|b| STANDARD.decode(b).ok())
-        .and_then(|b| b.try_into().ok())
-        .ok_or(VerifyError::NoMatch)?;
-    let key = ed25519_dalek::VerifyingKey::from_bytes(&key).map_err(|_| VerifyError::NoMatch)?;
-    let mut content = format!("{msg_id}.{timestamp}.").into_bytes();
-    content.extend_from_slice(body);
-    for sig in signature_header.split(' ') {
-        let Some(b64) = sig.strip_prefix("v1a,") else { continue };
-        let Some(bytes) = STANDARD.decode(b64).ok().and_then(|b| <[u8; 64]>::try_from(b).ok()) else {
-            continue;
-        };
-        if key.verify_strict(&content, &ed25519_dalek::Signature::from_bytes(&bytes)).is_ok() {
-            return Ok(());
-        }
-    }
-    Err(VerifyError::NoMatch)
+        .and_then(|b| <[u8; 32]>::try_from(b).ok())
+        .and_then(|b| ed25519_dalek::VerifyingKey::from_bytes(&b).ok())
+        .ok_or(VerifyError::PublicKey)?;
+    let content = signed_content(msg_id, timestamp, body);
+    verify_any(signature_header, "v1a,", timestamp, now, tolerance_secs, |sig| {
+        <[u8; 64]>::try_from(sig)
+            .is_ok_and(|b| key.verify_strict(&content, &ed25519_dalek::Signature::from_bytes(&b)).is_ok())
+    })
 }
 
 #[cfg(test)]
@@ -187,6 +193,10 @@ mod tests {
         );
         let other = AsymmetricKey::parse(&AsymmetricKey::generate(&[3; 32])).unwrap().public_key();
         assert_eq!(verify_asymmetric(&other, ID, TS, BODY, &header, TS, 300), Err(VerifyError::NoMatch));
+        assert_eq!(
+            verify_asymmetric("whpk_AAAA", ID, TS, BODY, &header, TS, 300),
+            Err(VerifyError::PublicKey)
+        );
         assert!(AsymmetricKey::parse("whsk_AAAA").is_err());
         assert!(AsymmetricKey::parse("whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw").is_err());
     }

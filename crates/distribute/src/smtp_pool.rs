@@ -12,7 +12,6 @@
 //! connection state is unknown after one). The SMTP dialogue itself (EHLO, STARTTLS, AUTH,
 //! MAIL/RCPT/DATA, dot-stuffing) stays lettre's.
 
-use lettre::Address;
 use lettre::address::Envelope;
 use lettre::transport::smtp::Error as SmtpError;
 use lettre::transport::smtp::authentication::{Credentials, Mechanism};
@@ -172,19 +171,6 @@ impl SmtpPool {
         };
         tokio::time::timeout(self.s.timeout, work).await.map_err(|_| timeout_error(self.s.timeout))?
     }
-
-    /// Closes every idle connection with QUIT.
-    pub async fn close_idle(&self) {
-        let idle: Vec<Idle> = std::mem::take(&mut *self.idle.lock().expect("idle lock"));
-        for mut i in idle {
-            let _ = i.conn.quit().await;
-        }
-    }
-}
-
-/// The envelope of one message: the sender and one recipient.
-pub fn envelope(from: &Address, to: &Address) -> Result<Envelope, String> {
-    Envelope::new(Some(from.clone()), vec![to.clone()]).map_err(|e| e.to_string())
 }
 
 fn timeout_error(after: Duration) -> SendError {

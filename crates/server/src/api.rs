@@ -688,13 +688,7 @@ struct UnsubscribeQuery {
     token: String,
 }
 
-fn escape(s: &str) -> String {
-    s.replace('&', "&amp;")
-        .replace('<', "&lt;")
-        .replace('>', "&gt;")
-        .replace('"', "&quot;")
-        .replace('\'', "&#39;")
-}
+use broadcast_distribute::render::escape_html as escape;
 
 fn page(title: &str, body: &str) -> Html<String> {
     Html(format!(

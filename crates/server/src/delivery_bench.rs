@@ -21,41 +21,9 @@ pub async fn latency(mut settings: Settings, bulletins: usize, store_url: Option
         store_url.unwrap_or_else(|| format!("sqlite://{}", dir.path().join("bench.db").display()));
     settings.webhook.allow_networks = vec!["127.0.0.0/8".into()];
     settings.delivery.poll_interval_ms = 1000;
-    let arrivals: Arc<Mutex<HashMap<String, Instant>>> = Arc::default();
     let secret = broadcast_distribute::sign::secret_from_bytes(&crate::auth::random_secret_bytes());
-    let (seen, key) = (arrivals.clone(), secret.clone());
-    let receiver = axum::Router::new().route(
-        "/hook",
-        post(move |h: axum::http::HeaderMap, body: String| {
-            let (seen, key) = (seen.clone(), key.clone());
-            async move {
-                let at = Instant::now();
-                let get = |k: &str| h.get(k).and_then(|v| v.to_str().ok()).unwrap_or_default().to_owned();
-                let ts: i64 = get("webhook-timestamp").parse().unwrap_or(0);
-                let ok = broadcast_distribute::sign::verify(
-                    &key,
-                    &get("webhook-id"),
-                    ts,
-                    body.as_bytes(),
-                    &get("webhook-signature"),
-                    Utc::now().timestamp(),
-                    300,
-                )
-                .is_ok();
-                if !ok {
-                    return axum::http::StatusCode::UNAUTHORIZED;
-                }
-                let v: serde_json::Value = serde_json::from_str(&body).unwrap_or_default();
-                if let Some(id) = v["data"]["id"].as_str() {
-                    seen.lock().expect("lock").entry(id.to_owned()).or_insert(at);
-                }
-                axum::http::StatusCode::NO_CONTENT
-            }
-        }),
-    );
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
-    let url = format!("http://{}/hook", listener.local_addr()?);
-    tokio::spawn(async move { axum::serve(listener, receiver).await });
+    let receiver = Receiver::start(secret.clone(), true).await?;
+    let url = format!("http://127.0.0.1:{}/hook/0", receiver.port);
 
     let app = App::open(settings).await.context("opening the benchmark store")?;
     let kind = app.store.kind();
@@ -100,7 +68,7 @@ pub async fn latency(mut settings: Settings, bulletins: usize, store_url: Option
         app.wake_delivery.notify_one();
         let deadline = start + Duration::from_secs(30);
         loop {
-            if let Some(at) = arrivals.lock().expect("lock").get(b.id.as_str()) {
+            if let Some(at) = receiver.arrival(b.id.as_str()) {
                 samples.push(at.duration_since(start));
                 break;
             }
@@ -186,40 +154,60 @@ impl Drop for Sink {
     }
 }
 
-/// A local webhook receiver that verifies every signature and counts what it accepted.
-async fn receiver(secret: String) -> Result<(u16, Arc<std::sync::atomic::AtomicU64>)> {
-    use std::sync::atomic::{AtomicU64, Ordering};
-    let accepted = Arc::new(AtomicU64::new(0));
-    let count = accepted.clone();
-    let app = axum::Router::new().route(
-        "/hook/{n}",
-        post(move |h: axum::http::HeaderMap, body: axum::body::Bytes| {
-            let (count, key) = (count.clone(), secret.clone());
-            async move {
-                let get = |k: &str| h.get(k).and_then(|v| v.to_str().ok()).unwrap_or_default();
-                let ts: i64 = get("webhook-timestamp").parse().unwrap_or(0);
-                let ok = broadcast_distribute::sign::verify(
-                    &key,
-                    get("webhook-id"),
-                    ts,
-                    &body,
-                    get("webhook-signature"),
-                    Utc::now().timestamp(),
-                    300,
-                )
-                .is_ok();
-                if !ok {
-                    return axum::http::StatusCode::UNAUTHORIZED;
-                }
-                count.fetch_add(1, Ordering::Relaxed);
-                axum::http::StatusCode::NO_CONTENT
+/// A local webhook receiver that verifies every signature, counts what it accepted and, if
+/// asked, when each bulletin first arrived.
+struct Receiver {
+    port: u16,
+    accepted: std::sync::atomic::AtomicU64,
+    arrivals: Option<Mutex<HashMap<String, Instant>>>,
+}
+
+impl Receiver {
+    async fn start(secret: String, track_arrivals: bool) -> Result<Arc<Receiver>> {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+        let receiver = Arc::new(Receiver {
+            port: listener.local_addr()?.port(),
+            accepted: Default::default(),
+            arrivals: track_arrivals.then(Default::default),
+        });
+        let r = receiver.clone();
+        let app = axum::Router::new().route(
+            "/hook/{n}",
+            post(move |h: axum::http::HeaderMap, body: axum::body::Bytes| {
+                let (r, key) = (r.clone(), secret.clone());
+                async move { r.accept(&key, &h, &body) }
+            }),
+        );
+        tokio::spawn(async move { axum::serve(listener, app).await });
+        Ok(receiver)
+    }
+
+    fn accept(&self, key: &str, h: &axum::http::HeaderMap, body: &[u8]) -> axum::http::StatusCode {
+        let at = Instant::now();
+        let get = |k: &str| h.get(k).and_then(|v| v.to_str().ok()).unwrap_or_default();
+        let ts: i64 = get("webhook-timestamp").parse().unwrap_or(0);
+        let now = Utc::now().timestamp();
+        let sig = get("webhook-signature");
+        if broadcast_distribute::sign::verify(key, get("webhook-id"), ts, body, sig, now, 300).is_err() {
+            return axum::http::StatusCode::UNAUTHORIZED;
+        }
+        self.accepted.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        if let Some(arrivals) = &self.arrivals {
+            let v: serde_json::Value = serde_json::from_slice(body).unwrap_or_default();
+            if let Some(id) = v["data"]["id"].as_str() {
+                arrivals.lock().expect("lock").entry(id.to_owned()).or_insert(at);
             }
-        }),
-    );
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
-    let port = listener.local_addr()?.port();
-    tokio::spawn(async move { axum::serve(listener, app).await });
-    Ok((port, accepted))
+        }
+        axum::http::StatusCode::NO_CONTENT
+    }
+
+    fn arrival(&self, bulletin: &str) -> Option<Instant> {
+        self.arrivals.as_ref()?.lock().expect("lock").get(bulletin).copied()
+    }
+
+    fn accepted(&self) -> u64 {
+        self.accepted.load(std::sync::atomic::Ordering::Relaxed)
+    }
 }
 
 /// `broadcast bench throughput`: one bulletin fanned out to `recipients` email contacts
@@ -243,7 +231,7 @@ pub async fn throughput(
     let secret = broadcast_distribute::sign::secret_from_bytes(&crate::auth::random_secret_bytes());
     let mut sink = None;
     let mut hook_port = 0;
-    let mut accepted = None;
+    let mut receiver: Option<Arc<Receiver>> = None;
     match channel {
         BenchChannel::Email => {
             let s = Sink::start()?;
@@ -266,9 +254,9 @@ pub async fn throughput(
             sink = Some(s);
         }
         BenchChannel::Webhook => {
-            let (port, count) = receiver(secret.clone()).await?;
-            hook_port = port;
-            accepted = Some(count);
+            let r = Receiver::start(secret.clone(), false).await?;
+            hook_port = r.port;
+            receiver = Some(r);
         }
     }
     let app = App::open(settings.clone()).await.context("opening the benchmark store")?;
@@ -411,9 +399,8 @@ pub async fn throughput(
             rate
         }
     };
-    if let Some(a) = &accepted {
-        a.store(0, std::sync::atomic::Ordering::Relaxed);
-    }
+    // What wrk sent is not counted.
+    let accepted_before = receiver.as_ref().map(|r| r.accepted()).unwrap_or(0);
 
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let worker = tokio::spawn(crate::stages::delivery::run(app.clone(), stop_rx));
@@ -450,8 +437,8 @@ pub async fn throughput(
         fan_out.as_secs_f64(),
         100.0 * rate / reference
     );
-    if let Some(a) = &accepted {
-        println!("receiver accepted {} signed requests", a.load(std::sync::atomic::Ordering::Relaxed));
+    if let Some(r) = &receiver {
+        println!("receiver accepted {} signed requests", r.accepted() - accepted_before);
     }
     if let Some(mb) = peak_rss_mb() {
         println!("peak memory (whole process, VmHWM): {mb:.0} MB");

@@ -1417,20 +1417,49 @@ impl Store {
         reason: &str,
         now: DateTime<Utc>,
     ) -> Result<Endpoint> {
+        if !self.change_endpoint_enabled(id, enabled, actor, reason, now, false).await? {
+            return Err(not_found("endpoint", id));
+        }
+        self.get_endpoint(id).await
+    }
+
+    /// Disables an endpoint that kept failing (actor `system`, audited, pending deliveries
+    /// suppressed). Returns false if it was already disabled, so only one worker sends the
+    /// notice.
+    pub async fn disable_failing_endpoint(
+        &self,
+        id: &EndpointId,
+        reason: &str,
+        now: DateTime<Utc>,
+    ) -> Result<bool> {
+        self.change_endpoint_enabled(id, false, "system", reason, now, true).await
+    }
+
+    /// Enables or disables an endpoint, audited; disabling suppresses its pending deliveries
+    /// and enabling starts its failure count afresh. With `only_if_changed`, an endpoint
+    /// already in that state is left alone. Whether a row changed.
+    async fn change_endpoint_enabled(
+        &self,
+        id: &EndpointId,
+        enabled: bool,
+        actor: &str,
+        reason: &str,
+        now: DateTime<Utc>,
+        only_if_changed: bool,
+    ) -> Result<bool> {
         let now = db_time(now);
         dispatch!(self, pool => {
             let mut tx = pool.begin_write().await?;
-            // Enabling starts the failure count afresh.
             let done = sqlx::query(
                 "UPDATE endpoints SET enabled = $1,
                     failing_since = CASE WHEN $1 THEN NULL ELSE failing_since END,
                     consecutive_failures = CASE WHEN $1 THEN 0 ELSE consecutive_failures END,
                     failure_warned_at = CASE WHEN $1 THEN NULL ELSE failure_warned_at END
-                 WHERE id = $2",
+                 WHERE id = $2 AND (NOT $3 OR enabled <> $1)",
             )
-                .bind(enabled).bind(id.as_str()).execute(&mut *tx).await?;
+            .bind(enabled).bind(id.as_str()).bind(only_if_changed).execute(&mut *tx).await?;
             if done.rows_affected() == 0 {
-                return Err(not_found("endpoint", id));
+                return Ok(false);
             }
             let mut suppressed = 0;
             if !enabled {
@@ -1444,9 +1473,8 @@ impl Store {
             let action = if enabled { "endpoint.enable" } else { "endpoint.disable" };
             audit!(tx, actor, action, id, serde_json::json!({ "reason": reason, "pending_suppressed": suppressed }).to_string(), now);
             tx.commit().await?;
-            Ok::<(), StoreError>(())
-        })?;
-        self.get_endpoint(id).await
+            Ok(true)
+        })
     }
 
     /// Notes the result of a webhook attempt for the endpoint's health: a success clears the
@@ -1460,7 +1488,7 @@ impl Store {
     ) -> Result<Endpoint> {
         let now = db_time(now);
         dispatch!(self, pool => {
-            let done = if ok {
+            if ok {
                 sqlx::query(
                     "UPDATE endpoints SET failing_since = NULL, consecutive_failures = 0, failure_warned_at = NULL
                      WHERE id = $1 AND (consecutive_failures > 0 OR failing_since IS NOT NULL)",
@@ -1474,39 +1502,9 @@ impl Store {
                 )
                 .bind(now).bind(id.as_str()).execute(pool).await?
             };
-            let _ = done;
             Ok::<(), StoreError>(())
         })?;
         self.get_endpoint(id).await
-    }
-
-    /// Disables an endpoint that kept failing (actor `system`, audited, pending deliveries
-    /// suppressed). Returns false if it was already disabled, so only one worker sends the
-    /// notice.
-    pub async fn disable_failing_endpoint(
-        &self,
-        id: &EndpointId,
-        reason: &str,
-        now: DateTime<Utc>,
-    ) -> Result<bool> {
-        let now = db_time(now);
-        dispatch!(self, pool => {
-            let mut tx = pool.begin_write().await?;
-            let done = sqlx::query("UPDATE endpoints SET enabled = FALSE WHERE id = $1 AND enabled = TRUE")
-                .bind(id.as_str()).execute(&mut *tx).await?;
-            if done.rows_affected() == 0 {
-                return Ok(false);
-            }
-            let suppressed = sqlx::query(
-                "UPDATE deliveries SET state = 'suppressed', reason = $1, lease_until = NULL, leased_by = NULL
-                 WHERE channel = 'webhook' AND recipient_id = $2 AND state = 'pending'",
-            )
-            .bind(format!("endpoint disabled: {reason}")).bind(id.as_str())
-            .execute(&mut *tx).await?.rows_affected();
-            audit!(tx, "system", "endpoint.disable", id, serde_json::json!({ "reason": reason, "pending_suppressed": suppressed }).to_string(), now);
-            tx.commit().await?;
-            Ok(true)
-        })
     }
 
     /// Records that the organisation was warned about a failing endpoint (audited). Returns

@@ -381,14 +381,7 @@ impl Worker {
                 delivery_id: format!("notice-{kind}-{}-{streak}-{}", ep.id, c.id),
                 to: c.email.clone(),
                 to_name: c.name.clone(),
-                rendered: broadcast_distribute::render::RenderedEmail {
-                    subject: subject.to_owned(),
-                    text: text.to_owned(),
-                    html: format!(
-                        "<pre style=\"font-family:inherit;white-space:pre-wrap\">{}</pre>",
-                        html_escape(text)
-                    ),
-                },
+                rendered: broadcast_distribute::render::notice_email(subject, text),
                 unsubscribe_url: self.app.unsubscribe_url(c.id.as_str()),
             };
             match self.email.deliver(&msg).await {
@@ -605,8 +598,4 @@ fn hostname() -> String {
 
 fn host_of(url: &str) -> String {
     url::Url::parse(url).ok().and_then(|u| u.host_str().map(str::to_owned)).unwrap_or_else(|| url.to_owned())
-}
-
-fn html_escape(s: &str) -> String {
-    s.replace('&', "&amp;").replace('<', "&lt;").replace('>', "&gt;").replace('"', "&quot;")
 }
