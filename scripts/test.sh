@@ -1,14 +1,15 @@
 #!/usr/bin/env bash
 # Runs every test: unit tests, the store conformance suite on SQLite and PostgreSQL, the CLI
 # tests and the end-to-end flow. Installs and starts what the tests need first:
-#   - aiosmtpd (Python), the real SMTP server the end-to-end test sends to;
+#   - aiosmtpd (Python), the real SMTP server the end-to-end test sends to, and dkimpy, which
+#     verifies DKIM signatures on what it received;
 #   - PostgreSQL on 127.0.0.1:5432 (started if stopped, installed if missing).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-if ! python3 -c 'import aiosmtpd' 2>/dev/null; then
-  echo "installing aiosmtpd (SMTP server for the end-to-end test)"
-  python3 -m pip install --quiet --disable-pip-version-check aiosmtpd
+if ! python3 -c 'import aiosmtpd, dkim' 2>/dev/null; then
+  echo "installing aiosmtpd (SMTP server for the end-to-end test) and dkimpy (checks DKIM as a receiver would)"
+  python3 -m pip install --quiet --disable-pip-version-check aiosmtpd dkimpy
 fi
 
 pg_up() { (exec 3<>/dev/tcp/127.0.0.1/5432) 2>/dev/null; }

@@ -1113,3 +1113,49 @@ async fn smtp_connections_carry_at_most_the_configured_messages() {
     assert!(per_connection.values().all(|&n| n <= 5), "{per_connection:?}");
     assert!(per_connection.len() >= N / 5, "{per_connection:?}");
 }
+
+/// DKIM: every message is signed, the signature covers List-Id, List-Unsubscribe and
+/// List-Unsubscribe-Post (RFC 8058), and it verifies at the receiver (dkimpy on the message
+/// as aiosmtpd stored it, with the published public key). Changing the unsubscribe link
+/// breaks it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dkim_signature_verifies_at_the_receiver() {
+    let mail = tempfile::tempdir().unwrap();
+    let maildir = mail.path().join("maildir");
+    let (_smtp, smtp_port) = start_smtp(&maildir);
+    let key = repo().join("tests/fixtures/dkim/test-rsa.pem");
+    let rig = Rig::start(
+        "contacts = [{ email = \"reader@trust.nhs.test\" }]",
+        &format!(
+            "{}[email.dkim]\nselector = \"bc2026\"\nalgorithm = \"rsa\"\nprivate_key_file = \"{}\"\n\
+             [delivery]\npoll_interval_ms = 200\n",
+            smtp_config(smtp_port),
+            key.display()
+        ),
+    )
+    .await;
+    let reference = rig.publish("Signed").await;
+    let status = rig.finished(&reference, 60).await;
+    assert_eq!(status["counts"]["delivered"], 1, "{}", status["counts"]);
+    let file = std::fs::read_dir(maildir.join("new")).unwrap().next().unwrap().unwrap().path();
+    let raw = std::fs::read_to_string(&file).unwrap();
+    assert!(raw.contains("d=broadcast.test; s=bc2026"), "{raw}");
+    let verify = |path: &Path| {
+        Command::new("python3")
+            .arg(repo().join("tests/fixtures/dkim_verify.py"))
+            .arg(path)
+            .arg(repo().join("tests/fixtures/dkim/test-rsa.pub.b64"))
+            .output()
+            .expect("python3 with dkimpy is needed (pip install dkimpy)")
+    };
+    let out = verify(&file);
+    let signed = String::from_utf8_lossy(&out.stdout).to_lowercase();
+    assert!(out.status.success(), "DKIM does not verify: {signed} {}", String::from_utf8_lossy(&out.stderr));
+    for h in ["from", "to", "subject", "message-id", "list-id", "list-unsubscribe", "list-unsubscribe-post"] {
+        assert!(signed.trim().split(':').any(|x| x == h), "{h} not signed: {signed}");
+    }
+    // A forwarder that rewrites the unsubscribe link breaks the signature.
+    let tampered = mail.path().join("tampered.eml");
+    std::fs::write(&tampered, raw.replacen("/unsubscribe?token=", "/unsubscribe?token=x", 1)).unwrap();
+    assert!(!verify(&tampered).status.success(), "a changed List-Unsubscribe must fail DKIM");
+}

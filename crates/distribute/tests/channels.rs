@@ -155,6 +155,7 @@ async fn email_has_list_headers_and_both_parts() {
         transport: TransportKind::File,
         smtp: None,
         file_dir: Some(dir.path().display().to_string()),
+        dkim: None,
     };
     let ch = EmailChannel::new(&settings).unwrap();
     let renderer =
@@ -188,4 +189,29 @@ async fn email_has_list_headers_and_both_parts() {
     );
     let err = EmailChannel::new(&EmailSettings { from: "nobody".into(), ..settings }).err().unwrap();
     assert!(err.to_string().starts_with("email.from:"), "{err}");
+}
+
+#[test]
+fn dkim_settings_are_checked_with_a_clear_error() {
+    use broadcast_distribute::email::{DkimAlgorithm, DkimSettings, check_dkim};
+    let ed = DkimSettings {
+        selector: "bc2026".into(),
+        domain: None,
+        algorithm: DkimAlgorithm::Ed25519,
+        private_key: Some("CQkJCQkJCQkJCQkJCQkJCQkJCQkJCQkJCQkJCQkJCQk=".into()),
+        private_key_file: None,
+    };
+    check_dkim(&ed).unwrap();
+    let err =
+        check_dkim(&DkimSettings { algorithm: DkimAlgorithm::Rsa, ..ed.clone() }).unwrap_err().to_string();
+    assert!(err.starts_with("email.dkim: the private key is not a PKCS#1 PEM RSA key"), "{err}");
+    let err = check_dkim(&DkimSettings { private_key_file: Some("/nowhere.pem".into()), ..ed.clone() })
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("exactly one of private_key and private_key_file"), "{err}");
+    let err =
+        check_dkim(&DkimSettings { private_key: None, private_key_file: Some("/nowhere.pem".into()), ..ed })
+            .unwrap_err()
+            .to_string();
+    assert!(err.contains("cannot read private_key_file `/nowhere.pem`"), "{err}");
 }

@@ -5,7 +5,7 @@
 use crate::config::Settings;
 use anyhow::{Context, Result};
 use broadcast_core::{AdvisoryId, AnalystId, Bulletin, ThreatLevel, Tlp};
-use broadcast_distribute::email::{EmailChannel, EmailSettings};
+use broadcast_distribute::email::EmailChannel;
 use broadcast_distribute::render::EmailContext;
 use broadcast_distribute::render::Renderer;
 use broadcast_distribute::webhook::WebhookChannel;
@@ -45,11 +45,7 @@ impl App {
 
     /// The email channel, with relative paths resolved.
     pub fn email_channel(&self) -> Result<EmailChannel> {
-        let mut s: EmailSettings = self.settings.email.clone();
-        if let Some(dir) = &s.file_dir {
-            s.file_dir = Some(self.settings.path(dir).display().to_string());
-        }
-        Ok(EmailChannel::new(&s)?)
+        Ok(EmailChannel::new(&self.settings.email_settings())?)
     }
 
     pub fn webhook_channel(&self) -> Result<WebhookChannel> {

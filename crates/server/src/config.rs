@@ -160,6 +160,20 @@ impl Settings {
         if p.is_absolute() { p.to_path_buf() } else { self.base_dir.join(p) }
     }
 
+    /// The email settings with relative paths (`file_dir`, the DKIM key file) resolved.
+    pub fn email_settings(&self) -> EmailSettings {
+        let mut s = self.email.clone();
+        if let Some(dir) = &s.file_dir {
+            s.file_dir = Some(self.path(dir).display().to_string());
+        }
+        if let Some(d) = s.dkim.as_mut()
+            && let Some(f) = &d.private_key_file
+        {
+            d.private_key_file = Some(self.path(f).display().to_string());
+        }
+        s
+    }
+
     /// The store URL with a relative SQLite path made absolute.
     pub fn store_url(&self) -> String {
         let url = &self.store.url;
@@ -242,6 +256,9 @@ impl Settings {
         renderer.self_check().map_err(|e| anyhow::anyhow!("bulletins.templates_dir: {e}"))?;
         if self.delivery.batch_size < 1 || self.delivery.concurrency < 1 {
             bail!("delivery.batch_size and delivery.concurrency must be at least 1");
+        }
+        if let Some(d) = &self.email_settings().dkim {
+            broadcast_distribute::email::check_dkim(d).map_err(|e| anyhow::anyhow!("{e}"))?;
         }
         if let Some(k) = &self.webhook.signing_key {
             broadcast_distribute::sign::AsymmetricKey::parse(k)
