@@ -114,6 +114,10 @@ pub struct Delivery {
     pub next_attempt_at: DateTime<Utc>,
     pub delivered_at: Option<DateTime<Utc>>,
     pub created_at: DateTime<Utc>,
+    /// For an organisation on daily digests: the digest this email goes out in. Every row of
+    /// one contact with the same `digest_at` is sent as one email.
+    #[serde(default)]
+    pub digest_at: Option<DateTime<Utc>>,
 }
 
 #[cfg(test)]

@@ -22,10 +22,25 @@ pub struct Organisation {
     /// products (see [`Organisation::interested_in`]).
     #[serde(default)]
     pub interests: Vec<String>,
+    /// `None`: each bulletin is emailed as soon as it is published. `Some(h)`: its contacts
+    /// get one digest email a day at `h`:00 UTC with every bulletin published since the last
+    /// one. Webhooks are always immediate (machines want them at once).
+    #[serde(default)]
+    pub digest_hour: Option<u8>,
     pub created_at: DateTime<Utc>,
 }
 
 impl Organisation {
+    /// When an email published at `now` is sent: `None` at once, or the next digest time
+    /// strictly after `now`.
+    pub fn next_digest_after(&self, now: DateTime<Utc>) -> Option<DateTime<Utc>> {
+        use chrono::{Datelike, Duration, TimeZone};
+        let hour = u32::from(self.digest_hour?.min(23));
+        let today =
+            Utc.with_ymd_and_hms(now.year(), now.month(), now.day(), hour, 0, 0).single().unwrap_or(now);
+        Some(if today > now { today } else { today + Duration::days(1) })
+    }
+
     /// Whether a bulletin concerns this organisation's interests: case-insensitive, at word
     /// boundaries, in the title or the affected products. No interests means everything.
     pub fn interested_in(&self, b: &crate::BulletinContent) -> bool {
@@ -301,8 +316,20 @@ mod tests {
             tlp_clearance: Tlp::Green,
             min_threat_level: ThreatLevel::Information,
             interests: vec![],
+            digest_hour: None,
             created_at: Utc.with_ymd_and_hms(2026, 1, 1, 0, 0, 0).unwrap(),
         };
+        // Digest times: the next 07:00 UTC strictly after publishing.
+        let at = |h, m| Utc.with_ymd_and_hms(2026, 3, 31, h, m, 0).unwrap();
+        assert_eq!(org.next_digest_after(at(6, 59)), None, "immediate by default");
+        org.digest_hour = Some(7);
+        assert_eq!(org.next_digest_after(at(6, 59)), Some(at(7, 0)));
+        assert_eq!(org.next_digest_after(at(7, 0)), Some(Utc.with_ymd_and_hms(2026, 4, 1, 7, 0, 0).unwrap()));
+        assert_eq!(
+            org.next_digest_after(at(23, 30)),
+            Some(Utc.with_ymd_and_hms(2026, 4, 1, 7, 0, 0).unwrap())
+        );
+        org.digest_hour = None;
         let mut b = crate::BulletinContent::new("Flaw in EMIS Web", ThreatLevel::High, Tlp::Clear);
         b.affected_products = vec!["Philips IntelliVue MX40".into()];
         assert!(org.interested_in(&b), "no interests: everything");

@@ -38,6 +38,27 @@ pub struct EmailContext {
     pub body_allowed: bool,
 }
 
+/// Everything the daily digest template can use: the bulletins, oldest first.
+#[derive(Clone, Debug, Serialize)]
+pub struct DigestContext {
+    pub organisation: String,
+    pub recipient_name: String,
+    pub unsubscribe_url: String,
+    /// The digest's date, e.g. `2026-11-30`.
+    pub date: String,
+    /// The highest threat level among the bulletins.
+    pub highest: Option<String>,
+    pub items: Vec<DigestItem>,
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct DigestItem {
+    pub bulletin: Bulletin,
+    pub bulletin_url: String,
+    /// False for TLP:RED: a notice and a link only.
+    pub body_allowed: bool,
+}
+
 pub struct Renderer {
     env: Environment<'static>,
     dir: PathBuf,
@@ -67,7 +88,7 @@ impl Renderer {
         &self.dir
     }
 
-    fn render(&self, name: &str, ctx: &EmailContext) -> Result<String, RenderError> {
+    fn render(&self, name: &str, ctx: &impl Serialize) -> Result<String, RenderError> {
         let err = |e: minijinja::Error| RenderError {
             template: self.dir.join(name).display().to_string(),
             message: broadcast_core::error_chain(&e),
@@ -78,6 +99,15 @@ impl Renderer {
 
     /// Renders the email for a bulletin of template kind `kind` (e.g. `bulletin`).
     pub fn render_email(&self, kind: &str, ctx: &EmailContext) -> Result<RenderedEmail, RenderError> {
+        self.render_kind(kind, ctx)
+    }
+
+    /// Renders a daily digest (`digest/` templates).
+    pub fn render_digest(&self, ctx: &DigestContext) -> Result<RenderedEmail, RenderError> {
+        self.render_kind("digest", ctx)
+    }
+
+    fn render_kind(&self, kind: &str, ctx: &impl Serialize) -> Result<RenderedEmail, RenderError> {
         let subject = self.render(&format!("{kind}/subject.txt.j2"), ctx)?;
         // One line, whatever the template or the advisory title contains.
         let subject = subject.split_whitespace().collect::<Vec<_>>().join(" ");
@@ -91,9 +121,21 @@ impl Renderer {
     /// Renders a sample bulletin with every template kind the server uses, so a broken
     /// template is reported at start-up rather than at the first publish.
     pub fn self_check(&self) -> Result<(), RenderError> {
+        let mut items = Vec::new();
         for red in [false, true] {
-            self.render_email("bulletin", &sample_context(red))?;
+            let c = sample_context(red);
+            self.render_email("bulletin", &c)?;
+            items.push(DigestItem { bulletin: c.bulletin, bulletin_url: c.bulletin_url, body_allowed: !red });
         }
+        let c = sample_context(false);
+        self.render_digest(&DigestContext {
+            organisation: c.organisation,
+            recipient_name: c.recipient_name,
+            unsubscribe_url: c.unsubscribe_url,
+            date: "2026-11-30".into(),
+            highest: Some("High".into()),
+            items,
+        })?;
         Ok(())
     }
 }

@@ -147,6 +147,7 @@ pub fn router(app: App) -> Router {
         .route("/api/organisations/{key}", get(get_org))
         .route("/api/organisations/{key}/contacts", post(add_contact))
         .route("/api/organisations/{key}/interests", axum::routing::put(set_interests))
+        .route("/api/organisations/{key}/digest", axum::routing::put(set_digest))
         .route("/api/organisations/{key}/endpoints", post(add_endpoint))
         .route("/api/feeds", get(feeds))
         .route("/api/webhooks/public-key", get(webhook_public_key))
@@ -596,6 +597,25 @@ async fn get_org(State(app): State<App>, _: Authed, Path(key): Path<String>) -> 
     let contacts = app.store.list_contacts(&org.id).await?;
     let endpoints = app.store.list_endpoints(&org.id).await?;
     Ok(Json(json!({ "organisation": org, "contacts": contacts, "endpoints": endpoints })))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Digest {
+    /// Hour of the day (UTC) for the daily digest; null: every bulletin at once.
+    hour: Option<u8>,
+}
+
+/// Puts an organisation's email contacts on a daily digest, or back to immediate.
+async fn set_digest(
+    State(app): State<App>,
+    Authed(a): Authed,
+    Path(key): Path<String>,
+    JsonBody(req): JsonBody<Digest>,
+) -> ApiResult<Json<Value>> {
+    require(&a, a.role.can_administer(), "manage organisations")?;
+    let org = app.store.set_organisation_digest(&key, req.hour, a.id.as_str(), Utc::now()).await?;
+    Ok(Json(json!(org)))
 }
 
 #[derive(Deserialize)]

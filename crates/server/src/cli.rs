@@ -262,6 +262,15 @@ pub enum OrgCmd {
         org: String,
         names: Vec<String>,
     },
+    /// Email an organisation's contacts one digest a day at HOUR (UTC), or (`--off`) each
+    /// bulletin at once. Webhooks are always immediate.
+    Digest {
+        org: String,
+        #[arg(long, value_parser = clap::value_parser!(u8).range(0..=23), conflicts_with = "off", required_unless_present = "off")]
+        hour: Option<u8>,
+        #[arg(long)]
+        off: bool,
+    },
 }
 
 #[derive(Subcommand)]
@@ -540,6 +549,13 @@ async fn execute(cli: Cli) -> Result<()> {
                     println!("{} receives every bulletin", o.name);
                 } else {
                     println!("{} receives bulletins about: {}", o.name, o.interests.join(", "));
+                }
+            }
+            OrgCmd::Digest { org, hour, off: _ } => {
+                let o = app.store.set_organisation_digest(&org, hour, "operator", now).await?;
+                match o.digest_hour {
+                    Some(h) => println!("{} gets one email digest a day at {h:02}:00 UTC", o.name),
+                    None => println!("{} gets each bulletin by email as soon as it is published", o.name),
                 }
             }
             OrgCmd::Show { org } => {

@@ -38,6 +38,9 @@ pub struct SeedOrg {
     /// Vendors and products the organisation runs (empty: every bulletin).
     #[serde(default)]
     pub interests: Vec<String>,
+    /// Email its contacts one digest a day at this hour (UTC) instead of at once.
+    #[serde(default)]
+    pub digest_hour: Option<u8>,
     #[serde(default)]
     pub contacts: Vec<SeedContact>,
     #[serde(default)]
@@ -129,12 +132,15 @@ pub async fn apply(store: &Store, seed: &SeedFile) -> Result<SeedReport> {
                     .transpose()?
                     .unwrap_or(ThreatLevel::Information);
                 report.organisations += 1;
-                let org = store.create_organisation(&o.name, tlp, level, now).await?;
+                let mut org = store.create_organisation(&o.name, tlp, level, now).await?;
                 if !o.interests.is_empty() {
-                    store.set_organisation_interests(org.id.as_str(), &o.interests, "seed", now).await?
-                } else {
-                    org
+                    org =
+                        store.set_organisation_interests(org.id.as_str(), &o.interests, "seed", now).await?;
                 }
+                if o.digest_hour.is_some() {
+                    org = store.set_organisation_digest(org.id.as_str(), o.digest_hour, "seed", now).await?;
+                }
+                org
             }
             Err(e) => return Err(e.into()),
         };

@@ -213,11 +213,11 @@ macro_rules! fan_out {
             sqlx::query_as("SELECT id, org_id, email, unsubscribed, suppressed_reason FROM contacts ORDER BY id").fetch_all(&mut *$tx).await?;
         let endpoints: Vec<(String, String, String, bool)> =
             sqlx::query_as("SELECT id, org_id, url, enabled FROM endpoints ORDER BY id").fetch_all(&mut *$tx).await?;
-        let rows = plan_fan_out($b, orgs, &contacts, &endpoints)?;
+        let rows = plan_fan_out($b, orgs, &contacts, &endpoints, $now)?;
         for chunk in rows.chunks(500) {
             let mut qb = QueryBuilder::new(
                 "INSERT INTO deliveries (id, bulletin_id, org_id, channel, recipient_id, address, state, reason,
-                                         attempts, next_attempt_at, created_at) ",
+                                         attempts, next_attempt_at, created_at, digest_at) ",
             );
             qb.push_values(chunk, |mut row, d| {
                 row.push_bind(d.id.clone())
@@ -229,8 +229,9 @@ macro_rules! fan_out {
                     .push_bind(d.state.as_str())
                     .push_bind(d.reason.clone())
                     .push_bind(0i32)
+                    .push_bind(d.digest_at.unwrap_or($now))
                     .push_bind($now)
-                    .push_bind($now);
+                    .push_bind(d.digest_at);
             });
             qb.build().execute(&mut *$tx).await?;
         }
@@ -257,6 +258,7 @@ const SQLITE_MIGRATIONS: &[(&str, &str)] = &[
     ("contact bounces", include_str!("../migrations/sqlite/0005_contact_bounces.sql")),
     ("claim indexes", include_str!("../migrations/sqlite/0006_claim_indexes.sql")),
     ("endpoint health", include_str!("../migrations/sqlite/0007_endpoint_health.sql")),
+    ("digests", include_str!("../migrations/sqlite/0008_digests.sql")),
 ];
 const POSTGRES_MIGRATIONS: &[(&str, &str)] = &[
     ("initial", include_str!("../migrations/postgres/0001_initial.sql")),
@@ -269,6 +271,7 @@ const POSTGRES_MIGRATIONS: &[(&str, &str)] = &[
     ("contact bounces", include_str!("../migrations/postgres/0005_contact_bounces.sql")),
     ("claim indexes", include_str!("../migrations/postgres/0006_claim_indexes.sql")),
     ("endpoint health", include_str!("../migrations/postgres/0007_endpoint_health.sql")),
+    ("digests", include_str!("../migrations/postgres/0008_digests.sql")),
 ];
 
 /// Whether a candidate list includes advisories triage found irrelevant.
@@ -1147,6 +1150,7 @@ impl Store {
             tlp_clearance,
             min_threat_level,
             interests: Vec::new(),
+            digest_hour: None,
             created_at: db_time(now),
         };
         dispatch!(self, pool => {
@@ -1175,6 +1179,65 @@ impl Store {
     }
 
     /// Sets the vendors and products an organisation runs (empty: every bulletin). Audited.
+    /// Puts an organisation's email contacts on a daily digest at `hour`:00 UTC, or back to
+    /// immediate (`None`). Audited. Emails already waiting for a digest keep their time.
+    pub async fn set_organisation_digest(
+        &self,
+        key: &str,
+        hour: Option<u8>,
+        actor: &str,
+        now: DateTime<Utc>,
+    ) -> Result<Organisation> {
+        if let Some(h) = hour
+            && h > 23
+        {
+            return Err(StoreError::Invalid {
+                what: "digest hour",
+                why: format!("{h} is not an hour of the day (0–23)"),
+            });
+        }
+        let org = self.get_organisation(key).await?;
+        let now = db_time(now);
+        dispatch!(self, pool => {
+            let mut tx = pool.begin_write().await?;
+            sqlx::query("UPDATE organisations SET digest_hour = $1 WHERE id = $2")
+                .bind(hour.map(i32::from)).bind(org.id.as_str()).execute(&mut *tx).await?;
+            audit!(tx, actor, "organisation.digest", org.id, serde_json::json!({ "digest_hour": hour }).to_string(), now);
+            tx.commit().await?;
+            Ok::<(), StoreError>(())
+        })?;
+        self.get_organisation(org.id.as_str()).await
+    }
+
+    /// Takes the lease on every pending email of one contact's digest (those not leased by
+    /// another worker): the rows that go out together in one email.
+    pub async fn claim_digest(
+        &self,
+        worker: &str,
+        contact: &str,
+        digest_at: DateTime<Utc>,
+        now: DateTime<Utc>,
+        lease: Duration,
+    ) -> Result<Vec<Delivery>> {
+        let now = db_time(now);
+        let until = now + chrono::Duration::from_std(lease).unwrap_or(chrono::Duration::seconds(60));
+        dispatch!(self, pool => {
+            let mut tx = pool.begin_write().await?;
+            let rows: Vec<DeliveryRow> = sqlx::query_as(sqlx::AssertSqlSafe(format!(
+                "UPDATE deliveries SET lease_until = $1, leased_by = $2
+                 WHERE channel = 'email' AND recipient_id = $3 AND digest_at = $4 AND state = 'pending'
+                   AND (lease_until IS NULL OR lease_until <= $5 OR leased_by = $2)
+                 RETURNING {DELIVERY_COLUMNS}"
+            )))
+            .bind(until).bind(worker).bind(contact).bind(db_time(digest_at)).bind(now)
+            .fetch_all(&mut *tx).await?;
+            tx.commit().await?;
+            let mut out = rows.into_iter().map(DeliveryRow::into_delivery).collect::<Result<Vec<_>>>()?;
+            out.sort_by(|a, b| (a.created_at, &a.id).cmp(&(b.created_at, &b.id)));
+            Ok(out)
+        })
+    }
+
     pub async fn set_organisation_interests(
         &self,
         key: &str,
@@ -1841,6 +1904,7 @@ struct NewDelivery {
     address: String,
     state: DeliveryState,
     reason: Option<String>,
+    digest_at: Option<DateTime<Utc>>,
 }
 
 /// Decides every recipient of a bulletin. Recipients that must not receive it get a row
@@ -1851,6 +1915,7 @@ fn plan_fan_out(
     orgs: Vec<OrgRow>,
     contacts: &[(String, String, String, bool, Option<String>)],
     endpoints: &[(String, String, String, bool)],
+    now: DateTime<Utc>,
 ) -> Result<Vec<NewDelivery>> {
     let tlp = b.content.tlp;
     let level = b.content.threat_level;
@@ -1866,8 +1931,11 @@ fn plan_fan_out(
         } else {
             None
         };
+        let digest_at = org.next_digest_after(now);
         let mut push = |channel, recipient_id: &String, address: &String, reason: Option<String>| {
             rows.push(NewDelivery {
+                // Emails of a digest organisation wait for its next digest; webhooks never wait.
+                digest_at: digest_at.filter(|_| channel == ChannelKind::Email && reason.is_none()),
                 id: DeliveryId::from_suffix(&suffix()).to_string(),
                 org_id: org.id.to_string(),
                 channel,

@@ -156,6 +156,7 @@ pub(crate) struct OrgRow {
     pub min_threat_level: String,
     pub created_at: DateTime<Utc>,
     pub interests: String,
+    pub digest_hour: Option<i32>,
 }
 
 impl OrgRow {
@@ -166,6 +167,7 @@ impl OrgRow {
             tlp_clearance: parse_enum("TLP clearance", &self.tlp_clearance)?,
             min_threat_level: parse_enum("threat level", &self.min_threat_level)?,
             interests: from_json(&self.interests)?,
+            digest_hour: self.digest_hour.map(|h| h.clamp(0, 23) as u8),
             created_at: self.created_at,
         })
     }
@@ -232,7 +234,7 @@ impl EndpointRow {
 }
 
 pub(crate) const DELIVERY_COLUMNS: &str = "id, bulletin_id, org_id, channel, recipient_id, address, state, reason, \
-     attempts, next_attempt_at, delivered_at, created_at";
+     attempts, next_attempt_at, delivered_at, created_at, digest_at";
 
 #[derive(sqlx::FromRow)]
 pub(crate) struct DeliveryRow {
@@ -248,6 +250,7 @@ pub(crate) struct DeliveryRow {
     pub next_attempt_at: DateTime<Utc>,
     pub delivered_at: Option<DateTime<Utc>>,
     pub created_at: DateTime<Utc>,
+    pub digest_at: Option<DateTime<Utc>>,
 }
 
 impl DeliveryRow {
@@ -265,6 +268,7 @@ impl DeliveryRow {
             next_attempt_at: self.next_attempt_at,
             delivered_at: self.delivered_at,
             created_at: self.created_at,
+            digest_at: self.digest_at,
         })
     }
 }

@@ -136,7 +136,52 @@ conformance!(
     hard_bounces_count_within_thirty_days,
     endpoint_failure_streaks,
     batch_reads_and_recording,
+    digests_hold_emails_not_webhooks,
 );
+
+/// An organisation on a daily digest: its emails wait for the next digest hour (webhooks do
+/// not), and one claim takes every pending email of a contact's digest.
+async fn digests_hold_emails_not_webhooks(s: Store) {
+    let (alice, bob, _) = setup_people(&s).await;
+    let org = s.create_organisation("Trust", Tlp::Clear, ThreatLevel::Information, t0()).await.unwrap();
+    let err = s.set_organisation_digest("Trust", Some(24), "usr_admin", t0()).await.unwrap_err();
+    assert!(err.to_string().contains("24 is not an hour of the day"), "{err}");
+    let org2 = s.set_organisation_digest("Trust", Some(7), "usr_admin", t0()).await.unwrap();
+    assert_eq!(org2.digest_hour, Some(7));
+    let c = s.add_contact(org.id.as_str(), "duty@trust.example", "", t0()).await.unwrap();
+    s.add_endpoint(org.id.as_str(), "https://soc.trust.example/hook", "whsec_eA==", t0()).await.unwrap();
+    let mut bulletins = Vec::new();
+    for title in ["One", "Two"] {
+        bulletins.push(publish(&s, &content(title, Tlp::Clear, ThreatLevel::High), &alice, &bob).await);
+    }
+    let digest_at = org2.next_digest_after(t0()).unwrap();
+    for b in &bulletins {
+        for d in s.deliveries_for_bulletin(&b.id).await.unwrap() {
+            match d.channel {
+                broadcast_core::ChannelKind::Email => {
+                    assert_eq!((d.digest_at, d.next_attempt_at), (Some(digest_at), digest_at), "{d:?}")
+                }
+                broadcast_core::ChannelKind::Webhook => assert_eq!(d.digest_at, None, "{d:?}"),
+            }
+        }
+    }
+    // Not due before the digest hour; then one claim takes both emails.
+    let due = s.claim_due_deliveries("w1", t0(), std::time::Duration::from_secs(60), 10).await.unwrap();
+    assert!(due.iter().all(|d| d.digest_at.is_none()), "{due:?}");
+    let group = s
+        .claim_digest("w1", c.id.as_str(), digest_at, digest_at, std::time::Duration::from_secs(60))
+        .await
+        .unwrap();
+    assert_eq!(group.len(), 2);
+    let again = s
+        .claim_digest("w2", c.id.as_str(), digest_at, digest_at, std::time::Duration::from_secs(60))
+        .await
+        .unwrap();
+    assert!(again.is_empty(), "another worker cannot take a digest being sent");
+    s.set_organisation_digest("Trust", None, "usr_admin", t0()).await.unwrap();
+    let actions: Vec<String> = s.audit_entries(0, 100).await.unwrap().into_iter().map(|a| a.action).collect();
+    assert_eq!(actions.iter().filter(|a| *a == "organisation.digest").count(), 2, "{actions:?}");
+}
 
 /// A failing endpoint's streak: counted, kept from its first failure, reset by a success or
 /// by enabling; warned once; disabled once (the second call reports it was already done).

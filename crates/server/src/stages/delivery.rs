@@ -17,7 +17,7 @@ use broadcast_core::{
     EndpointId,
 };
 use broadcast_distribute::email::{EmailChannel, EmailMessage};
-use broadcast_distribute::render::EmailContext;
+use broadcast_distribute::render::{DigestContext, DigestItem, EmailContext};
 use broadcast_distribute::retry::RetryPolicy;
 use broadcast_distribute::webhook::{WebhookChannel, WebhookMessage};
 use broadcast_distribute::{Channel, DeliveryError, Receipt, payload};
@@ -39,6 +39,32 @@ pub struct Worker {
     /// Concurrency caps per webhook host and per endpoint.
     caps: std::sync::Mutex<HashMap<String, Arc<Semaphore>>>,
     recorder: Recorder,
+    /// Digests (contact, time) being sent by this worker right now.
+    digests: Arc<std::sync::Mutex<std::collections::HashSet<(String, i64)>>>,
+}
+
+/// Marks a digest as being sent by this worker until dropped.
+struct DigestGuard {
+    set: Arc<std::sync::Mutex<std::collections::HashSet<(String, i64)>>>,
+    key: (String, i64),
+}
+
+impl DigestGuard {
+    fn take(
+        set: &Arc<std::sync::Mutex<std::collections::HashSet<(String, i64)>>>,
+        key: (String, i64),
+    ) -> Option<Self> {
+        set.lock()
+            .expect("digest set lock")
+            .insert(key.clone())
+            .then(|| DigestGuard { set: set.clone(), key })
+    }
+}
+
+impl Drop for DigestGuard {
+    fn drop(&mut self) {
+        self.set.lock().expect("digest set lock").remove(&self.key);
+    }
 }
 
 /// A claimed delivery's recipient, read with its batch.
@@ -124,6 +150,7 @@ impl Worker {
             policy: app.settings.retry_policy(),
             id,
             recorder: Recorder::start(app.store.clone()),
+            digests: Arc::default(),
             app,
             cache: Mutex::new(Cache::default()),
             caps: std::sync::Mutex::new(HashMap::new()),
@@ -191,7 +218,24 @@ impl Worker {
             Some(Recipient::Endpoint(e)) => e.consecutive_failures > 0 || e.failing_since.is_some(),
             _ => true,
         };
-        let result = self.attempt(&d, recipient, &self.cache).await;
+        // A digest email carries every pending row of its contact and digest time.
+        // Rows of one digest claimed in the same batch: the first sends it for all of them.
+        let digest_key = d.digest_at.map(|at| (d.recipient_id.clone(), at.timestamp()));
+        let _digest_guard = match &digest_key {
+            Some(key) => match DigestGuard::take(&self.digests, key.clone()) {
+                Some(guard) => Some(guard),
+                None => return true,
+            },
+            None => None,
+        };
+        let group = match d.digest_at {
+            Some(at) => match self.claim_digest(&d, at).await {
+                Some(group) => group,
+                None => return true,
+            },
+            None => vec![d.clone()],
+        };
+        let result = self.attempt(&d, recipient, &group, &self.cache).await;
         let duration_ms = clock.elapsed().as_millis() as i64;
         let attempts_made = d.attempts as u32 + 1;
         let mut gone: Option<String> = None;
@@ -258,10 +302,12 @@ impl Worker {
         }
         .filter(|e| !e.starts_with("endpoint disabled"));
         let rec = AttemptRecord { started_at, duration_ms, outcome, detail };
-        if let Err(e) = self.recorder.record(d.id.clone(), rec).await {
-            // The lease expires and the row is tried again: at worst a duplicate with the
-            // same webhook-id / Message-ID, never a loss.
-            tracing::error!(delivery.id = %d.id, error = %e, "could not record attempt");
+        for row in &group {
+            if let Err(e) = self.recorder.record(row.id.clone(), rec.clone()).await {
+                // The lease expires and the row is tried again: at worst a duplicate with the
+                // same webhook-id / Message-ID, never a loss.
+                tracing::error!(delivery.id = %row.id, error = %e, "could not record attempt");
+            }
         }
         // Count hard bounces only once this failure is on record.
         if let Some(reply) = hard_bounce
@@ -421,10 +467,80 @@ impl Worker {
         out
     }
 
+    /// Leases the rest of `d`'s digest. `None` if `d` itself is no longer pending (another
+    /// worker sent that digest, or it was cancelled meanwhile).
+    async fn claim_digest(&self, d: &Delivery, at: chrono::DateTime<Utc>) -> Option<Vec<Delivery>> {
+        let lease = Duration::from_secs(self.app.settings.delivery.lease_secs);
+        match self.app.store.claim_digest(&self.id, &d.recipient_id, at, Utc::now(), lease).await {
+            Ok(group) if group.iter().any(|g| g.id == d.id) => Some(group),
+            Ok(_) => None,
+            Err(e) => {
+                tracing::error!(delivery.id = %d.id, error = %e, "could not claim a digest");
+                Some(vec![d.clone()])
+            }
+        }
+    }
+
+    /// One email with every bulletin of the group. Its Message-ID comes from the group's
+    /// oldest delivery and size, so a resend after a crash carries the same one.
+    async fn send_digest(
+        &self,
+        contact: &Contact,
+        organisation: String,
+        at: chrono::DateTime<Utc>,
+        group: &[Delivery],
+        unsubscribe_url: String,
+        cache: &Mutex<Cache>,
+    ) -> Result<Receipt, DeliveryError> {
+        let mut items = Vec::with_capacity(group.len());
+        for row in group {
+            let b = self.bulletin(row.bulletin_id.as_str(), cache).await?;
+            items.push(DigestItem {
+                bulletin_url: self.app.bulletin_url(&b.reference),
+                body_allowed: b.content.tlp.allowed_in_email_body(),
+                bulletin: (*b).clone(),
+            });
+        }
+        let highest = items.iter().map(|i| i.bulletin.content.threat_level).max().map(|l| l.to_string());
+        let ctx = DigestContext {
+            organisation,
+            recipient_name: contact.name.clone(),
+            unsubscribe_url: unsubscribe_url.clone(),
+            date: at.format("%Y-%m-%d").to_string(),
+            highest,
+            items,
+        };
+        let rendered = self
+            .app
+            .renderer
+            .render_digest(&ctx)
+            .map_err(|e| DeliveryError::Transient(format!("rendering: {e}")))?;
+        let first = group.first().map(|g| g.id.to_string()).unwrap_or_default();
+        let msg = EmailMessage {
+            delivery_id: format!("digest-{first}-{}", group.len()),
+            to: contact.email.clone(),
+            to_name: contact.name.clone(),
+            rendered,
+            unsubscribe_url,
+        };
+        self.email.deliver(&msg).await
+    }
+
+    /// A published bulletin, read once per worker.
+    async fn bulletin(&self, id: &str, cache: &Mutex<Cache>) -> Result<Arc<Bulletin>, DeliveryError> {
+        if let Some(b) = cache.lock().await.bulletins.get(id) {
+            return Ok(b.clone());
+        }
+        let b = Arc::new(self.app.store.get_bulletin(id).await.map_err(store_err)?);
+        cache.lock().await.bulletins.insert(id.to_owned(), b.clone());
+        Ok(b)
+    }
+
     async fn attempt(
         &self,
         d: &Delivery,
         recipient: Option<Recipient>,
+        group: &[Delivery],
         cache: &Mutex<Cache>,
     ) -> Result<Receipt, DeliveryError> {
         {
@@ -433,19 +549,9 @@ impl Worker {
                 *c = Cache::default();
             }
         }
-        let store_err = |e: broadcast_store::StoreError| DeliveryError::Transient(format!("store: {e}"));
         let (bulletin, org_name) = {
+            let b = self.bulletin(d.bulletin_id.as_str(), cache).await?;
             let mut c = cache.lock().await;
-            let b = match c.bulletins.get(d.bulletin_id.as_str()) {
-                Some(b) => b.clone(),
-                None => {
-                    let b = Arc::new(
-                        self.app.store.get_bulletin(d.bulletin_id.as_str()).await.map_err(store_err)?,
-                    );
-                    c.bulletins.insert(d.bulletin_id.to_string(), b.clone());
-                    b
-                }
-            };
             let org = match c.orgs.get(d.org_id.as_str()) {
                 Some(o) => o.clone(),
                 None => {
@@ -472,6 +578,9 @@ impl Worker {
                     return Err(DeliveryError::Permanent(format!("not sent: {why}")));
                 }
                 let unsubscribe_url = self.app.unsubscribe_url(contact.id.as_str());
+                if let Some(at) = d.digest_at {
+                    return self.send_digest(&contact, org_name, at, group, unsubscribe_url, cache).await;
+                }
                 let ctx = EmailContext {
                     bulletin: (*bulletin).clone(),
                     organisation: org_name,
@@ -598,4 +707,8 @@ fn hostname() -> String {
 
 fn host_of(url: &str) -> String {
     url::Url::parse(url).ok().and_then(|u| u.host_str().map(str::to_owned)).unwrap_or_else(|| url.to_owned())
+}
+
+fn store_err(e: broadcast_store::StoreError) -> DeliveryError {
+    DeliveryError::Transient(format!("store: {e}"))
 }
