@@ -1762,6 +1762,7 @@ impl Store {
         dispatch!(self, pool => {
             let mut tx = pool.begin_write().await?;
             let mut out = Vec::with_capacity(batch.len());
+            let mut attempts = Vec::with_capacity(batch.len());
             for (id, rec) in batch {
                 let started = db_time(rec.started_at);
                 let (state, reason, next_at, delivered_at, outcome) = match &rec.outcome {
@@ -1797,13 +1798,23 @@ impl Store {
                     out.push(Err(not_found("delivery", id)));
                     continue;
                 };
-                sqlx::query(
-                    "INSERT INTO delivery_attempts (delivery_id, attempt, started_at, duration_ms, outcome, detail)
-                     VALUES ($1, $2, $3, $4, $5, $6)",
-                )
-                .bind(id.as_str()).bind(attempt).bind(started).bind(rec.duration_ms).bind(outcome).bind(&rec.detail)
-                .execute(&mut *tx).await?;
+                attempts.push((id.as_str(), attempt, started, rec.duration_ms, outcome, rec.detail.as_str()));
                 out.push(Ok(()));
+            }
+            // The attempt rows in multi-row statements: one statement per 500, not one each.
+            for chunk in attempts.chunks(500) {
+                let mut qb = QueryBuilder::new(
+                    "INSERT INTO delivery_attempts (delivery_id, attempt, started_at, duration_ms, outcome, detail) ",
+                );
+                qb.push_values(chunk, |mut row, (id, attempt, started, duration_ms, outcome, detail)| {
+                    row.push_bind(*id)
+                        .push_bind(*attempt)
+                        .push_bind(*started)
+                        .push_bind(*duration_ms)
+                        .push_bind(*outcome)
+                        .push_bind(*detail);
+                });
+                qb.build().execute(&mut *tx).await?;
             }
             tx.commit().await?;
             Ok(out)

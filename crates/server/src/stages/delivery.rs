@@ -39,31 +39,27 @@ pub struct Worker {
     /// Concurrency caps per webhook host and per endpoint.
     caps: std::sync::Mutex<HashMap<String, Arc<Semaphore>>>,
     recorder: Recorder,
-    /// Digests (contact, time) being sent by this worker right now.
-    digests: Arc<std::sync::Mutex<std::collections::HashSet<(String, i64)>>>,
+    /// Work only one task of this worker may do at a time: a digest being sent (`digest:…`),
+    /// a failing endpoint's warning (`warn:…`).
+    in_flight: Arc<std::sync::Mutex<std::collections::HashSet<String>>>,
 }
 
-/// Marks a digest as being sent by this worker until dropped.
-struct DigestGuard {
-    set: Arc<std::sync::Mutex<std::collections::HashSet<(String, i64)>>>,
-    key: (String, i64),
+/// Holds a key of [`Worker::in_flight`] until dropped.
+struct InFlight {
+    set: Arc<std::sync::Mutex<std::collections::HashSet<String>>>,
+    key: String,
 }
 
-impl DigestGuard {
-    fn take(
-        set: &Arc<std::sync::Mutex<std::collections::HashSet<(String, i64)>>>,
-        key: (String, i64),
-    ) -> Option<Self> {
-        set.lock()
-            .expect("digest set lock")
-            .insert(key.clone())
-            .then(|| DigestGuard { set: set.clone(), key })
+impl InFlight {
+    /// `None` if another task holds `key`.
+    fn take(set: &Arc<std::sync::Mutex<std::collections::HashSet<String>>>, key: String) -> Option<Self> {
+        set.lock().expect("in-flight lock").insert(key.clone()).then(|| InFlight { set: set.clone(), key })
     }
 }
 
-impl Drop for DigestGuard {
+impl Drop for InFlight {
     fn drop(&mut self) {
-        self.set.lock().expect("digest set lock").remove(&self.key);
+        self.set.lock().expect("in-flight lock").remove(&self.key);
     }
 }
 
@@ -150,7 +146,7 @@ impl Worker {
             policy: app.settings.retry_policy(),
             id,
             recorder: Recorder::start(app.store.clone()),
-            digests: Arc::default(),
+            in_flight: Arc::default(),
             app,
             cache: Mutex::new(Cache::default()),
             caps: std::sync::Mutex::new(HashMap::new()),
@@ -220,12 +216,14 @@ impl Worker {
         };
         // A digest email carries every pending row of its contact and digest time.
         // Rows of one digest claimed in the same batch: the first sends it for all of them.
-        let digest_key = d.digest_at.map(|at| (d.recipient_id.clone(), at.timestamp()));
-        let _digest_guard = match &digest_key {
-            Some(key) => match DigestGuard::take(&self.digests, key.clone()) {
-                Some(guard) => Some(guard),
-                None => return true,
-            },
+        let _digest_guard = match d.digest_at {
+            Some(at) => {
+                match InFlight::take(&self.in_flight, format!("digest:{}:{}", d.recipient_id, at.timestamp()))
+                {
+                    Some(guard) => Some(guard),
+                    None => return true,
+                }
+            }
             None => None,
         };
         let group = match d.digest_at {
@@ -368,8 +366,9 @@ impl Worker {
         match ep.health_action(now, s.warn_endpoint_after_failures, period) {
             EndpointHealthAction::Nothing => {}
             EndpointHealthAction::Warn => {
-                if let Ok(true) = self.app.store.mark_endpoint_warned(eid, error, now).await {
-                    tracing::warn!(endpoint.id = %eid, failures = ep.consecutive_failures, "endpoint failing: organisation warned");
+                // Sent first and marked once someone has it (or there is nobody to tell), so a
+                // failed send is tried again at the next failure; one task at a time here.
+                if let Some(_guard) = InFlight::take(&self.in_flight, format!("warn:{eid}")) {
                     let subject = format!(
                         "Action needed: your Broadcast webhook endpoint is failing ({})",
                         host_of(&ep.url)
@@ -381,7 +380,12 @@ impl Worker {
                         since = since.format("%Y-%m-%d %H:%M"),
                         deadline = (since + period).format("%Y-%m-%d %H:%M"),
                     );
-                    self.notify_org(&ep, "warning", &subject, &text).await;
+                    let (eligible, sent) = self.notify_org(&ep, "warning", &subject, &text).await;
+                    if (sent > 0 || eligible == 0)
+                        && let Ok(true) = self.app.store.mark_endpoint_warned(eid, error, now).await
+                    {
+                        tracing::warn!(endpoint.id = %eid, failures = ep.consecutive_failures, sent, "endpoint failing: organisation warned");
+                    }
                 }
             }
             EndpointHealthAction::Disable => {
@@ -412,17 +416,20 @@ impl Worker {
 
     /// Emails an organisation's contacts (not unsubscribed or suppressed) about one of its
     /// endpoints. The Message-ID is stable per endpoint, kind and failure streak.
-    async fn notify_org(&self, ep: &Endpoint, kind: &str, subject: &str, text: &str) {
+    /// Returns how many contacts could be told and how many were.
+    async fn notify_org(&self, ep: &Endpoint, kind: &str, subject: &str, text: &str) -> (usize, usize) {
         let contacts = match self.app.store.list_contacts(&ep.org_id).await {
             Ok(c) => c,
             Err(e) => {
                 tracing::error!(org.id = %ep.org_id, error = %e, "could not list contacts for a notice");
-                return;
+                return (1, 0);
             }
         };
+        let eligible: Vec<&Contact> =
+            contacts.iter().filter(|c| !c.unsubscribed && c.suppressed_reason.is_none()).collect();
         let streak = ep.failing_since.map(|t| t.timestamp()).unwrap_or_default();
         let mut sent = 0;
-        for c in contacts.iter().filter(|c| !c.unsubscribed && c.suppressed_reason.is_none()) {
+        for c in &eligible {
             let msg = EmailMessage {
                 delivery_id: format!("notice-{kind}-{}-{streak}-{}", ep.id, c.id),
                 to: c.email.clone(),
@@ -440,6 +447,7 @@ impl Worker {
         if sent == 0 {
             tracing::warn!(org.id = %ep.org_id, endpoint.id = %ep.id, "no contact could be sent the endpoint {kind} notice");
         }
+        (eligible.len(), sent)
     }
 
     /// The contacts and endpoints of a claimed batch, read in two queries rather than one
