@@ -78,6 +78,10 @@ impl WebhookChannel {
             .timeout(Duration::from_secs(s.timeout_secs))
             .connect_timeout(Duration::from_secs(s.connect_timeout_secs))
             .redirect(reqwest::redirect::Policy::none())
+            // Endpoints are many distinct hosts, each sent to rarely: keep an idle connection
+            // only briefly, so a fan-out to thousands of hosts does not hold thousands of
+            // sockets open (shared hosts such as Slack's still reuse theirs within a fan-out).
+            .pool_idle_timeout(Duration::from_secs(20))
             .build()
             .map_err(|e| format!("webhook client: {e}"))?;
         let asymmetric = match &s.signing_key {
