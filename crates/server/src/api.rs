@@ -11,10 +11,11 @@ use axum::extract::{FromRequestParts, Path, Query, State};
 use axum::http::request::Parts;
 use axum::http::{StatusCode, header};
 use axum::response::{Html, IntoResponse, Response};
-use axum::routing::{get, post};
+use crate::routes::{Access, CurrentUser, Routes, Surface};
+use axum::http::Method;
 use axum::{Json, Router};
 use broadcast_core::{
-    Action, AdvisoryId, Analyst, BulletinContent, BulletinState, ContactId, DeliveryId, ThreatLevel, Tlp,
+    Action, AdvisoryId, Analyst, BulletinContent, Role, BulletinState, ContactId, DeliveryId, ThreatLevel, Tlp,
     TransitionError,
 };
 use broadcast_store::{CandidateFilter, StoreError};
@@ -77,6 +78,9 @@ impl FromRequestParts<App> for Authed {
     type Rejection = ApiError;
 
     async fn from_request_parts(parts: &mut Parts, app: &App) -> Result<Self, Self::Rejection> {
+        if let Some(CurrentUser(a)) = parts.extensions.get::<CurrentUser>() {
+            return Ok(Authed(a.clone()));
+        }
         let token = parts
             .headers
             .get(header::AUTHORIZATION)
@@ -123,37 +127,52 @@ impl<S: Send + Sync, T: serde::de::DeserializeOwned> axum::extract::FromRequest<
     }
 }
 
+/// The whole HTTP surface: the JSON API, the public pages and the console.
 pub fn router(app: App) -> Router {
-    Router::new()
-        .route("/healthz", get(healthz))
-        .route("/metrics", get(metrics))
-        .route("/api/me", get(me))
-        .route("/api/candidates", get(candidates))
-        .route("/api/advisories/{id}", get(advisory))
-        .route("/api/advisories/{id}/override", post(override_assessment))
-        .route("/api/audit", get(audit_log))
-        .route("/api/bulletins", get(list_bulletins).post(create_bulletin))
-        .route("/api/bulletins/{key}", get(get_bulletin).put(edit_bulletin))
-        .route("/api/bulletins/{key}/preview", get(preview))
-        .route("/api/bulletins/{key}/deliveries", get(deliveries))
-        .route("/api/bulletins/{key}/{action}", post(transition))
-        .route("/api/deliveries/{id}/attempts", get(attempts))
-        .route("/api/deliveries/{id}/replay", post(replay_delivery))
-        .route("/api/endpoints/{id}/replay", post(replay_endpoint))
-        .route("/api/endpoints/{id}/enable", post(enable_endpoint))
-        .route("/api/endpoints/{id}/disable", post(disable_endpoint))
-        .route("/api/endpoints/{id}/rotate", post(rotate_endpoint))
-        .route("/api/organisations", get(list_orgs).post(create_org))
-        .route("/api/organisations/{key}", get(get_org))
-        .route("/api/organisations/{key}/contacts", post(add_contact))
-        .route("/api/organisations/{key}/interests", axum::routing::put(set_interests))
-        .route("/api/organisations/{key}/digest", axum::routing::put(set_digest))
-        .route("/api/organisations/{key}/endpoints", post(add_endpoint))
-        .route("/api/feeds", get(feeds))
-        .route("/api/webhooks/public-key", get(webhook_public_key))
-        .route("/unsubscribe", get(unsubscribe_page).post(unsubscribe_post))
-        .layer(tower_http::limit::RequestBodyLimitLayer::new(1024 * 1024))
-        .with_state(app)
+    let (router, _) = routes(app.clone()).finish();
+    router.layer(tower_http::limit::RequestBodyLimitLayer::new(1024 * 1024)).with_state(app)
+}
+
+/// Every route with the least role it needs (see `crate::routes`). Roles finer than a
+/// route (approving needs a reviewer, the four-eyes rule) are checked again inside.
+pub fn routes(app: App) -> Routes {
+    use Access::{Least, Public};
+    use Method as M;
+    use Surface::Api;
+    let (analyst, admin) = (Least(Role::Analyst), Least(Role::Admin));
+    let r = Routes::new(app)
+        .add(Api, M::GET, "/healthz", Public, "Liveness: the store answers.", healthz)
+        .add(Api, M::GET, "/metrics", Public, "Prometheus metrics (aggregate counts and feed health).", metrics)
+        .add(Api, M::GET, "/api/me", analyst, "The user the token belongs to.", me)
+        .add(Api, M::GET, "/api/candidates", analyst, "Triage candidates, worst first, with storm groups.", candidates)
+        .add(Api, M::GET, "/api/advisories/{id}", analyst, "One advisory with its assessment and revisions.", advisory)
+        .add(Api, M::POST, "/api/advisories/{id}/override", analyst, "Correct triage's verdict, with a reason.", override_assessment)
+        .add(Api, M::GET, "/api/audit", admin, "The hash-chained audit log.", audit_log)
+        .add(Api, M::GET, "/api/bulletins", analyst, "Bulletins, optionally by state.", list_bulletins)
+        .add(Api, M::POST, "/api/bulletins", analyst, "Draft a bulletin from advisories.", create_bulletin)
+        .add(Api, M::GET, "/api/bulletins/{key}", analyst, "One bulletin and its history.", get_bulletin)
+        .add(Api, M::PUT, "/api/bulletins/{key}", analyst, "Edit a draft (optimistic `version`).", edit_bulletin)
+        .add(Api, M::GET, "/api/bulletins/{key}/preview", analyst, "The email (HTML and text) and webhook body.", preview)
+        .add(Api, M::GET, "/api/bulletins/{key}/deliveries", analyst, "Delivery counts by state and every outbox row.", deliveries)
+        .add(Api, M::POST, "/api/bulletins/{key}/{action}", analyst, "submit, recall, approve, reject, reopen, publish or withdraw (approve and reject need an approver other than the author).", transition)
+        .add(Api, M::GET, "/api/deliveries/{id}/attempts", analyst, "One delivery and every attempt.", attempts)
+        .add(Api, M::POST, "/api/deliveries/{id}/replay", analyst, "Send one delivery again (same id).", replay_delivery)
+        .add(Api, M::POST, "/api/endpoints/{id}/replay", admin, "Send an endpoint's failed deliveries since a time again.", replay_endpoint)
+        .add(Api, M::POST, "/api/endpoints/{id}/enable", admin, "Enable an endpoint.", enable_endpoint)
+        .add(Api, M::POST, "/api/endpoints/{id}/disable", admin, "Disable an endpoint (pending deliveries suppressed).", disable_endpoint)
+        .add(Api, M::POST, "/api/endpoints/{id}/rotate", admin, "New signing secret, the old one kept for an overlap.", rotate_endpoint)
+        .add(Api, M::GET, "/api/organisations", analyst, "Subscribing organisations.", list_orgs)
+        .add(Api, M::POST, "/api/organisations", admin, "Add an organisation.", create_org)
+        .add(Api, M::GET, "/api/organisations/{key}", analyst, "One organisation with contacts and endpoints.", get_org)
+        .add(Api, M::POST, "/api/organisations/{key}/contacts", admin, "Add a contact.", add_contact)
+        .add(Api, M::PUT, "/api/organisations/{key}/interests", admin, "Set the vendors and products it runs.", set_interests)
+        .add(Api, M::PUT, "/api/organisations/{key}/digest", admin, "Daily digest hour, or immediate.", set_digest)
+        .add(Api, M::POST, "/api/organisations/{key}/endpoints", admin, "Register a webhook endpoint (secret shown once).", add_endpoint)
+        .add(Api, M::GET, "/api/feeds", analyst, "Feeds and their health.", feeds)
+        .add(Api, M::GET, "/api/webhooks/public-key", Public, "The ed25519 key `v1a` signatures verify with.", webhook_public_key)
+        .add(Api, M::GET, "/unsubscribe", Public, "The unsubscribe page an email links to.", unsubscribe_page)
+        .add(Api, M::POST, "/unsubscribe", Public, "One-click unsubscribe (RFC 8058).", unsubscribe_post);
+    crate::console::routes(r)
 }
 
 async fn healthz(State(app): State<App>) -> ApiResult<Json<Value>> {

@@ -22,6 +22,8 @@ pub struct App {
     pub rules: Arc<Rules>,
     pub wake_triage: Arc<Notify>,
     pub wake_delivery: Arc<Notify>,
+    /// Failed console sign-ins, per account and client address.
+    pub signins: Arc<crate::console::SignInLimiter>,
 }
 
 impl App {
@@ -40,6 +42,7 @@ impl App {
             rules: Arc::new(rules),
             wake_triage: Arc::new(Notify::new()),
             wake_delivery: Arc::new(Notify::new()),
+            signins: Arc::default(),
         })
     }
 

@@ -30,6 +30,34 @@ pub fn random_secret_bytes() -> [u8; 24] {
     bytes
 }
 
+/// An argon2id hash (PHC string, salted) of a console password. Refuses passwords shorter
+/// than 12 characters.
+pub fn hash_password(password: &str) -> Result<String, String> {
+    use argon2::PasswordHasher;
+    if password.chars().count() < 12 {
+        return Err("the password must be at least 12 characters".into());
+    }
+    argon2::Argon2::default()
+        .hash_password(password.as_bytes())
+        .map(|h| h.to_string())
+        .map_err(|e| format!("cannot hash the password: {e}"))
+}
+
+/// Checks a password against a stored hash (constant time inside argon2).
+pub fn verify_password(password: &str, hash: &str) -> bool {
+    use argon2::PasswordVerifier;
+    match argon2::PasswordHash::new(hash) {
+        Ok(h) => argon2::Argon2::default().verify_password(password.as_bytes(), &h).is_ok(),
+        Err(_) => false,
+    }
+}
+
+/// Compares two secrets without an early exit on the first differing byte.
+pub fn same_secret(a: &str, b: &str) -> bool {
+    let (a, b) = (Sha256::digest(a.as_bytes()), Sha256::digest(b.as_bytes()));
+    a.iter().zip(b.iter()).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
 fn mac(key: &str, data: &str) -> Hmac<Sha256> {
     let mut m = Hmac::<Sha256>::new_from_slice(key.as_bytes()).expect("HMAC takes any key length");
     m.update(b"unsubscribe:");
@@ -64,6 +92,19 @@ mod tests {
         assert_eq!(hash_token(&a), hash_token(&a));
         assert_ne!(hash_token(&a), hash_token(&b));
         assert_eq!(hash_token(&a).len(), 64);
+    }
+
+    #[test]
+    fn passwords_are_salted_and_checked() {
+        let a = hash_password("correct horse battery").unwrap();
+        let b = hash_password("correct horse battery").unwrap();
+        assert_ne!(a, b, "each hash has its own salt");
+        assert!(a.starts_with("$argon2id$"), "{a}");
+        assert!(verify_password("correct horse battery", &a));
+        assert!(!verify_password("correct horse batterY", &a));
+        assert!(!verify_password("correct horse battery", "not a hash"));
+        assert!(hash_password("short").unwrap_err().contains("12 characters"));
+        assert!(same_secret("abc", "abc") && !same_secret("abc", "abd"));
     }
 
     #[test]

@@ -34,6 +34,9 @@ pub enum Command {
     /// Manage analysts and their API tokens.
     #[command(subcommand)]
     Analyst(AnalystCmd),
+    /// Console users: create one with a password (e.g. the first admin), or set a password.
+    #[command(subcommand)]
+    User(UserCmd),
     /// List candidates: assessed advisories, most relevant first.
     Candidates {
         /// Include advisories triage found irrelevant.
@@ -193,6 +196,19 @@ pub enum AnalystCmd {
         name: String,
     },
     List,
+}
+
+#[derive(Subcommand)]
+pub enum UserCmd {
+    /// Create a user who signs in to the console. The password is read from standard input
+    /// (one line); on a terminal a strong one is generated and printed once instead.
+    Add {
+        name: String,
+        #[arg(long, default_value = "analyst", value_parser = ["analyst", "approver", "admin"])]
+        role: String,
+    },
+    /// Set (or replace) a user's console password, read like `user add`'s; their sessions end.
+    Password { name: String },
 }
 
 #[derive(Subcommand)]
@@ -444,6 +460,28 @@ async fn execute(cli: Cli) -> Result<()> {
                 }
             }
         },
+        Command::User(cmd) => {
+            let (name, role) = match &cmd {
+                UserCmd::Add { name, role } => (name.clone(), Some(role.parse::<Role>().map_err(anyhow::Error::msg)?)),
+                UserCmd::Password { name } => (name.clone(), None),
+            };
+            let (password, generated) = read_password()?;
+            let hash = crate::auth::hash_password(&password).map_err(anyhow::Error::msg)?;
+            if let Some(role) = role {
+                // An API token is issued too (unused until `analyst token` shows a new one).
+                let token = crate::auth::generate_token();
+                app.store.create_analyst(&name, role, &crate::auth::hash_token(&token), now).await?;
+            }
+            app.store.set_analyst_password(&name, Some(&hash), "operator", now).await?;
+            match role {
+                Some(r) => eprintln!("created console user {name} ({r})"),
+                None => eprintln!("password set for {name}; their sessions have ended"),
+            }
+            if generated {
+                eprintln!("password (shown once):");
+                println!("{password}");
+            }
+        }
         Command::Candidates { all, json } => {
             let list =
                 app.store.list_candidates(&CandidateFilter { include_irrelevant: all, limit: None }).await?;
@@ -808,7 +846,7 @@ async fn run(app: App) -> Result<()> {
         let router = crate::api::router(app.clone()).layer(tower_http::trace::TraceLayer::new_for_http());
         let mut stop = stop_rx.clone();
         tasks.spawn(async move {
-            axum::serve(listener, router)
+            axum::serve(listener, router.into_make_service_with_connect_info::<std::net::SocketAddr>())
                 .with_graceful_shutdown(async move {
                     let _ = stop.changed().await;
                 })
@@ -846,4 +884,21 @@ async fn run(app: App) -> Result<()> {
         }
     }
     Ok(())
+}
+
+/// A console password from standard input (one line), or, on a terminal, a generated one.
+fn read_password() -> Result<(String, bool)> {
+    use std::io::{BufRead, IsTerminal};
+    if std::io::stdin().is_terminal() {
+        let mut bytes = [0u8; 18];
+        rand::RngCore::fill_bytes(&mut rand::rng(), &mut bytes);
+        return Ok((base64::Engine::encode(&base64::engine::general_purpose::URL_SAFE_NO_PAD, bytes), true));
+    }
+    let mut line = String::new();
+    std::io::stdin().lock().read_line(&mut line).context("cannot read the password from standard input")?;
+    let pw = line.trim_end_matches(['\r', '\n']).to_owned();
+    if pw.is_empty() {
+        bail!("no password on standard input (pipe one in, e.g. `printf %s \"$PW\" | broadcast user add NAME`)");
+    }
+    Ok((pw, false))
 }

@@ -259,6 +259,7 @@ const SQLITE_MIGRATIONS: &[(&str, &str)] = &[
     ("claim indexes", include_str!("../migrations/sqlite/0006_claim_indexes.sql")),
     ("endpoint health", include_str!("../migrations/sqlite/0007_endpoint_health.sql")),
     ("digests", include_str!("../migrations/sqlite/0008_digests.sql")),
+    ("accounts", include_str!("../migrations/sqlite/0009_accounts.sql")),
 ];
 const POSTGRES_MIGRATIONS: &[(&str, &str)] = &[
     ("initial", include_str!("../migrations/postgres/0001_initial.sql")),
@@ -272,6 +273,7 @@ const POSTGRES_MIGRATIONS: &[(&str, &str)] = &[
     ("claim indexes", include_str!("../migrations/postgres/0006_claim_indexes.sql")),
     ("endpoint health", include_str!("../migrations/postgres/0007_endpoint_health.sql")),
     ("digests", include_str!("../migrations/postgres/0008_digests.sql")),
+    ("accounts", include_str!("../migrations/postgres/0009_accounts.sql")),
 ];
 
 /// Whether a candidate list includes advisories triage found irrelevant.
@@ -877,12 +879,116 @@ impl Store {
             created_at: db_time(now),
         };
         dispatch!(self, pool => {
+            let mut tx = pool.begin_write().await?;
             sqlx::query("INSERT INTO analysts (id, name, role, token_hash, created_at) VALUES ($1, $2, $3, $4, $5)")
                 .bind(analyst.id.as_str()).bind(&analyst.name).bind(role.as_str()).bind(token_hash).bind(analyst.created_at)
-                .execute(pool)
+                .execute(&mut *tx)
                 .await
                 .map_err(|e| unique_as_conflict(e, || format!("analyst `{name}` already exists")))?;
+            audit!(tx, "operator", "user.create", analyst.id, serde_json::json!({ "name": analyst.name, "role": role }).to_string(), analyst.created_at);
+            tx.commit().await?;
             Ok(analyst)
+        })
+    }
+
+    /// Sets (or, with `None`, removes) an analyst's console password hash; their sessions
+    /// end. Audited without the hash.
+    pub async fn set_analyst_password(
+        &self,
+        name: &str,
+        password_hash: Option<&str>,
+        actor: &str,
+        now: DateTime<Utc>,
+    ) -> Result<()> {
+        let analyst = self.analyst_by_name(name).await?;
+        let now = db_time(now);
+        dispatch!(self, pool => {
+            let mut tx = pool.begin_write().await?;
+            sqlx::query("UPDATE analysts SET password_hash = $1 WHERE id = $2")
+                .bind(password_hash).bind(analyst.id.as_str()).execute(&mut *tx).await?;
+            sqlx::query("DELETE FROM sessions WHERE analyst_id = $1").bind(analyst.id.as_str()).execute(&mut *tx).await?;
+            audit!(tx, actor, "user.password", analyst.id, serde_json::json!({ "name": analyst.name, "set": password_hash.is_some() }).to_string(), now);
+            tx.commit().await?;
+            Ok(())
+        })
+    }
+
+    /// The analyst of that name and their password hash (None: no console password).
+    pub async fn analyst_credentials(&self, name: &str) -> Result<Option<(Analyst, Option<String>)>> {
+        dispatch!(self, pool => {
+            let row: Option<(String, String, String, DateTime<Utc>, Option<String>)> =
+                sqlx::query_as("SELECT id, name, role, created_at, password_hash FROM analysts WHERE name = $1")
+                    .bind(name).fetch_optional(pool).await?;
+            match row {
+                None => Ok(None),
+                Some((id, name, role, created_at, hash)) => {
+                    Ok(Some((AnalystRow { id, name, role, created_at }.into_analyst()?, hash)))
+                }
+            }
+        })
+    }
+
+    /// Starts a console session (the cookie value is known only by its hash).
+    pub async fn create_session(
+        &self,
+        id_hash: &str,
+        analyst: &AnalystId,
+        csrf: &str,
+        now: DateTime<Utc>,
+        expires_at: DateTime<Utc>,
+    ) -> Result<()> {
+        let (now, expires_at) = (db_time(now), db_time(expires_at));
+        dispatch!(self, pool => {
+            sqlx::query("DELETE FROM sessions WHERE expires_at < $1").bind(now).execute(pool).await?;
+            sqlx::query("INSERT INTO sessions (id_hash, analyst_id, csrf, created_at, expires_at) VALUES ($1, $2, $3, $4, $5)")
+                .bind(id_hash).bind(analyst.as_str()).bind(csrf).bind(now).bind(expires_at)
+                .execute(pool).await?;
+            Ok(())
+        })
+    }
+
+    /// The analyst and CSRF token of a live session.
+    pub async fn session(&self, id_hash: &str, now: DateTime<Utc>) -> Result<Option<(Analyst, String)>> {
+        let now = db_time(now);
+        dispatch!(self, pool => {
+            let row: Option<(String, String, String, DateTime<Utc>, String)> = sqlx::query_as(
+                "SELECT a.id, a.name, a.role, a.created_at, s.csrf FROM sessions s JOIN analysts a ON a.id = s.analyst_id
+                 WHERE s.id_hash = $1 AND s.expires_at > $2",
+            )
+            .bind(id_hash).bind(now).fetch_optional(pool).await?;
+            match row {
+                None => Ok(None),
+                Some((id, name, role, created_at, csrf)) => {
+                    Ok(Some((AnalystRow { id, name, role, created_at }.into_analyst()?, csrf)))
+                }
+            }
+        })
+    }
+
+    /// Appends an entry for an action that changes nothing else in the store (a sign-in, a
+    /// test message sent to an endpoint).
+    pub async fn append_audit(
+        &self,
+        actor: &str,
+        action: &str,
+        subject: &str,
+        details: serde_json::Value,
+        now: DateTime<Utc>,
+    ) -> Result<()> {
+        let now = db_time(now);
+        dispatch!(self, pool => {
+            let mut tx = pool.begin_write().await?;
+            audit!(tx, actor, action, subject, details.to_string(), now);
+            tx.commit().await?;
+            Ok(())
+        })
+    }
+
+    /// Ends a session (signing out).
+    pub async fn delete_session(&self, id_hash: &str) -> Result<()> {
+        dispatch!(self, pool => {
+            sqlx::query("DELETE FROM sessions WHERE id_hash = $1").bind(id_hash).execute(pool).await?;
+            Ok(())
         })
     }
 
