@@ -7,16 +7,16 @@
 
 use crate::app::App;
 use crate::auth::{hash_token, verify_unsubscribe_token};
+use crate::routes::{Access, CurrentUser, Routes, Surface};
 use axum::extract::{FromRequestParts, Path, Query, State};
+use axum::http::Method;
 use axum::http::request::Parts;
 use axum::http::{StatusCode, header};
 use axum::response::{Html, IntoResponse, Response};
-use crate::routes::{Access, CurrentUser, Routes, Surface};
-use axum::http::Method;
 use axum::{Json, Router};
 use broadcast_core::{
-    Action, AdvisoryId, Analyst, BulletinContent, Role, BulletinState, ContactId, DeliveryId, ThreatLevel, Tlp,
-    TransitionError,
+    Action, AdvisoryId, Analyst, BulletinContent, BulletinState, ContactId, DeliveryId, Role, ThreatLevel,
+    Tlp, TransitionError,
 };
 use broadcast_store::{CandidateFilter, StoreError};
 use chrono::Utc;

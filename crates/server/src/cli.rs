@@ -462,7 +462,9 @@ async fn execute(cli: Cli) -> Result<()> {
         },
         Command::User(cmd) => {
             let (name, role) = match &cmd {
-                UserCmd::Add { name, role } => (name.clone(), Some(role.parse::<Role>().map_err(anyhow::Error::msg)?)),
+                UserCmd::Add { name, role } => {
+                    (name.clone(), Some(role.parse::<Role>().map_err(anyhow::Error::msg)?))
+                }
                 UserCmd::Password { name } => (name.clone(), None),
             };
             let (password, generated) = read_password()?;
@@ -898,7 +900,9 @@ fn read_password() -> Result<(String, bool)> {
     std::io::stdin().lock().read_line(&mut line).context("cannot read the password from standard input")?;
     let pw = line.trim_end_matches(['\r', '\n']).to_owned();
     if pw.is_empty() {
-        bail!("no password on standard input (pipe one in, e.g. `printf %s \"$PW\" | broadcast user add NAME`)");
+        bail!(
+            "no password on standard input (pipe one in, e.g. `printf %s \"$PW\" | broadcast user add NAME`)"
+        );
     }
     Ok((pw, false))
 }

@@ -179,7 +179,8 @@ pub fn openapi(specs: &[RouteSpec]) -> Value {
                 op["security"] = json!([{ "bearerAuth": [] }]);
                 op["x-minimum-role"] = json!(role.as_str());
                 op["responses"]["401"] = json!({ "description": "Missing or unknown API token." });
-                op["responses"]["403"] = json!({ "description": format!("The token's user has a role below {role}.") });
+                op["responses"]["403"] =
+                    json!({ "description": format!("The token's user has a role below {role}.") });
             }
         }
         if matches!(s.method, Method::POST | Method::PUT) && s.path.starts_with("/api/") {
@@ -187,7 +188,8 @@ pub fn openapi(specs: &[RouteSpec]) -> Value {
                 "required": false,
                 "content": { "application/json": { "schema": { "type": "object" } } },
             });
-            op["responses"]["422"] = json!({ "description": "The body or a parameter is not valid; the message names it." });
+            op["responses"]["422"] =
+                json!({ "description": "The body or a parameter is not valid; the message names it." });
         }
         let entry = paths.entry(s.path.to_owned()).or_insert_with(|| json!({}));
         entry[s.method.as_str().to_ascii_lowercase()] = op;

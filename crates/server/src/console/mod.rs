@@ -83,7 +83,14 @@ pub fn routes(r: Routes) -> Routes {
         .add(C, M::GET, "/console/queue", analyst, "Candidate queue.", pages::queue)
         .add(C, M::GET, "/console/advisories/{id}", analyst, "Advisory.", pages::advisory)
         .add(C, M::POST, "/console/advisories/{id}/draft", analyst, "Draft a bulletin.", pages::draft)
-        .add(C, M::POST, "/console/advisories/{id}/override", analyst, "Correct triage.", pages::override_triage)
+        .add(
+            C,
+            M::POST,
+            "/console/advisories/{id}/override",
+            analyst,
+            "Correct triage.",
+            pages::override_triage,
+        )
         .add(C, M::GET, "/console/bulletins", analyst, "Bulletins.", pages::bulletins)
         .add(C, M::GET, "/console/bulletins/{key}", analyst, "Bulletin.", pages::bulletin)
         .add(C, M::GET, "/console/bulletins/{key}/edit", analyst, "Bulletin editor.", pages::edit_page)
@@ -102,10 +109,31 @@ pub fn routes(r: Routes) -> Routes {
         .add(C, M::POST, "/console/organisations", admin, "Add an organisation.", pages::org_create)
         .add(C, M::GET, "/console/organisations/{key}", analyst, "Organisation.", pages::organisation)
         .add(C, M::POST, "/console/organisations/{key}/contacts", admin, "Add a contact.", pages::contact_add)
-        .add(C, M::POST, "/console/organisations/{key}/endpoints", admin, "Add an endpoint.", pages::endpoint_add)
+        .add(
+            C,
+            M::POST,
+            "/console/organisations/{key}/endpoints",
+            admin,
+            "Add an endpoint.",
+            pages::endpoint_add,
+        )
         .add(C, M::POST, "/console/endpoints/{id}/test", admin, "Send a test webhook.", pages::endpoint_test)
-        .add(C, M::POST, "/console/endpoints/{id}/enable", admin, "Enable an endpoint.", pages::endpoint_enable)
-        .add(C, M::POST, "/console/endpoints/{id}/disable", admin, "Disable an endpoint.", pages::endpoint_disable)
+        .add(
+            C,
+            M::POST,
+            "/console/endpoints/{id}/enable",
+            admin,
+            "Enable an endpoint.",
+            pages::endpoint_enable,
+        )
+        .add(
+            C,
+            M::POST,
+            "/console/endpoints/{id}/disable",
+            admin,
+            "Disable an endpoint.",
+            pages::endpoint_disable,
+        )
         .add(C, M::GET, "/console/feeds", analyst, "Feeds and their health.", pages::feeds)
         .add(C, M::GET, "/console/audit", admin, "Audit log.", pages::audit)
         .add(C, M::GET, "/console/users", admin, "Users.", pages::users)
@@ -187,8 +215,7 @@ async fn check(app: App, spec: RouteSpec, least: Role, mut req: Request, next: N
         .into_response();
     }
     if req.method() == Method::POST {
-        let header_token =
-            req.headers().get("x-csrf-token").and_then(|v| v.to_str().ok()).map(str::to_owned);
+        let header_token = req.headers().get("x-csrf-token").and_then(|v| v.to_str().ok()).map(str::to_owned);
         let (parts, body) = req.into_parts();
         let bytes = match axum::body::to_bytes(body, 1024 * 1024).await {
             Ok(b) => b,
@@ -236,7 +263,9 @@ impl From<StoreError> for ConsoleError {
             StoreError::NotFound { .. } => ConsoleError::NotFound(e.to_string()),
             StoreError::Conflict(_) => ConsoleError::Conflict(e.to_string()),
             StoreError::Invalid { .. } => ConsoleError::BadRequest(e.to_string()),
-            StoreError::Transition(TransitionError::FourEyes { .. }) => ConsoleError::Forbidden(e.to_string()),
+            StoreError::Transition(TransitionError::FourEyes { .. }) => {
+                ConsoleError::Forbidden(e.to_string())
+            }
             StoreError::Transition(TransitionError::Illegal { .. }) => ConsoleError::Conflict(e.to_string()),
             other => ConsoleError::Internal(other.into()),
         }
@@ -267,7 +296,11 @@ impl IntoResponse for ConsoleError {
             ConsoleError::Internal(e) => {
                 let id = uuid::Uuid::new_v4().simple().to_string();
                 tracing::error!(error = %format!("{e:#}"), error.id = %id, "console request failed");
-                (StatusCode::INTERNAL_SERVER_ERROR, "Something went wrong", format!("internal error (reference {id})"))
+                (
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    "Something went wrong",
+                    format!("internal error (reference {id})"),
+                )
             }
         };
         let ctx = minijinja::context! { title => title, message => &msg, status => status.as_u16() };

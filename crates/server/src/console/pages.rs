@@ -202,10 +202,13 @@ pub async fn advisory(
     // Other sources' records for the same CVEs, so the analyst sees them together.
     let mut related = Vec::new();
     if !adv.content.cves.is_empty() {
-        let all =
-            app.store.list_candidates(&CandidateFilter { include_irrelevant: true, limit: Some(5000) }).await?;
+        let all = app
+            .store
+            .list_candidates(&CandidateFilter { include_irrelevant: true, limit: Some(5000) })
+            .await?;
         for c in all {
-            if c.advisory.id != adv.id && c.advisory.content.cves.iter().any(|v| adv.content.cves.contains(v)) {
+            if c.advisory.id != adv.id && c.advisory.content.cves.iter().any(|v| adv.content.cves.contains(v))
+            {
                 related.push(json!({ "id": c.advisory.id, "title": c.advisory.content.title, "source": c.advisory.content.source }));
             }
         }
@@ -278,7 +281,15 @@ pub async fn bulletins(
 fn actions(b: &broadcast_core::Bulletin, s: &CurrentSession) -> (Vec<&'static str>, Option<String>) {
     let mut out = Vec::new();
     let mut note = None;
-    for a in [Action::Submit, Action::Recall, Action::Approve, Action::Reject, Action::Reopen, Action::Publish, Action::Withdraw] {
+    for a in [
+        Action::Submit,
+        Action::Recall,
+        Action::Approve,
+        Action::Reject,
+        Action::Reopen,
+        Action::Publish,
+        Action::Withdraw,
+    ] {
         if b.state.next(a).is_none() {
             continue;
         }
@@ -288,7 +299,9 @@ fn actions(b: &broadcast_core::Bulletin, s: &CurrentSession) -> (Vec<&'static st
                 continue;
             }
             if b.author == s.analyst.id {
-                note = Some("You wrote this bulletin: another approver must review it (four-eyes rule).".to_owned());
+                note = Some(
+                    "You wrote this bulletin: another approver must review it (four-eyes rule).".to_owned(),
+                );
                 continue;
             }
         }
@@ -305,7 +318,9 @@ pub async fn bulletin(
     let b = app.store.get_bulletin(&key).await?;
     let events = app.store.bulletin_events(&b.id).await?;
     let analysts = app.store.list_analysts().await?;
-    let name = |id: &str| analysts.iter().find(|a| a.id.as_str() == id).map(|a| a.name.clone()).unwrap_or_else(|| id.to_owned());
+    let name = |id: &str| {
+        analysts.iter().find(|a| a.id.as_str() == id).map(|a| a.name.clone()).unwrap_or_else(|| id.to_owned())
+    };
     let history: Vec<_> = events
         .iter()
         .map(|e| json!({ "action": e.action, "who": name(&e.actor_id), "to": e.to_state, "comment": e.comment, "at": e.at.format("%Y-%m-%d %H:%M:%S").to_string() }))
@@ -344,7 +359,10 @@ pub async fn edit_page(
 ) -> ConsoleResult {
     let b = app.store.get_bulletin(&key).await?;
     if !b.state.is_editable() {
-        return Err(ConsoleError::Conflict(format!("{} is {}: only drafts can be edited", b.reference, b.state)));
+        return Err(ConsoleError::Conflict(format!(
+            "{} is {}: only drafts can be edited",
+            b.reference, b.state
+        )));
     }
     let preview = preview_of(&app, &b)?;
     let ctx = minijinja::context! {
@@ -438,34 +456,47 @@ pub async fn email_html(State(app): State<App>, Path(key): Path<String>) -> Cons
     let h = r.headers_mut();
     h.insert(
         header::CONTENT_SECURITY_POLICY,
-        HeaderValue::from_static("sandbox; default-src 'none'; style-src 'unsafe-inline'; img-src data:; frame-ancestors 'self'"),
+        HeaderValue::from_static(
+            "sandbox; default-src 'none'; style-src 'unsafe-inline'; img-src data:; frame-ancestors 'self'",
+        ),
     );
     h.insert(header::X_FRAME_OPTIONS, HeaderValue::from_static("SAMEORIGIN"));
     Ok(r)
 }
 
-pub async fn progress(State(app): State<App>, Path(key): Path<String>) -> Result<Json<serde_json::Value>, ConsoleError> {
+pub async fn progress(
+    State(app): State<App>,
+    Path(key): Path<String>,
+) -> Result<Json<serde_json::Value>, ConsoleError> {
     let b = app.store.get_bulletin(&key).await?;
     let counts = app.store.delivery_counts(&b.id).await?;
     let total: i64 = counts.values().sum();
     Ok(Json(json!({ "state": b.state, "counts": counts, "total": total })))
 }
 
-async fn transition(app: &App, s: &CurrentSession, key: &str, action: Action, comment: &str) -> Result<(), ConsoleError> {
+async fn transition(
+    app: &App,
+    s: &CurrentSession,
+    key: &str,
+    action: Action,
+    comment: &str,
+) -> Result<(), ConsoleError> {
     if action.needs_second_pair_of_eyes() && !s.analyst.role.can_review() {
-        return Err(ConsoleError::Forbidden(format!("{} (role {}) may not {action} bulletins", s.analyst.name, s.analyst.role)));
+        return Err(ConsoleError::Forbidden(format!(
+            "{} (role {}) may not {action} bulletins",
+            s.analyst.name, s.analyst.role
+        )));
     }
     let comment = Some(comment.trim()).filter(|c| !c.is_empty());
-    let t = app
-        .store
-        .transition_bulletin(key, action, &s.analyst.id, comment, None, Utc::now())
-        .await
-        .map_err(|e| match e {
-            StoreError::Transition(broadcast_core::TransitionError::FourEyes { action, .. }) => {
-                ConsoleError::Forbidden(crate::api::four_eyes(&s.analyst.name, action))
-            }
-            other => other.into(),
-        })?;
+    let t =
+        app.store.transition_bulletin(key, action, &s.analyst.id, comment, None, Utc::now()).await.map_err(
+            |e| match e {
+                StoreError::Transition(broadcast_core::TransitionError::FourEyes { action, .. }) => {
+                    ConsoleError::Forbidden(crate::api::four_eyes(&s.analyst.name, action))
+                }
+                other => other.into(),
+            },
+        )?;
     tracing::info!(bulletin.reference = %t.bulletin.reference, action = %action, analyst = %s.analyst.name, deliveries = t.deliveries_created, "bulletin {} (console)", t.bulletin.state);
     if t.deliveries_created > 0 {
         app.wake_delivery.notify_waiters();
@@ -513,17 +544,19 @@ pub async fn organisations(State(app): State<App>, Extension(s): Extension<Curre
     render("organisations.html", ctx)
 }
 
-pub async fn org_create(
-    State(app): State<App>,
-    Extension(f): Extension<FormData>,
-) -> ConsoleResult {
+pub async fn org_create(State(app): State<App>, Extension(f): Extension<FormData>) -> ConsoleResult {
     let tlp = parse::<Tlp>("TLP clearance", f.get("tlp_clearance"))?;
     let level = parse::<ThreatLevel>("minimum threat level", f.get("min_threat_level"))?;
     let org = app.store.create_organisation(f.get("name"), tlp, level, Utc::now()).await?;
     Ok(see_other(&format!("/console/organisations/{}", org.id)))
 }
 
-async fn org_page(app: &App, s: &CurrentSession, key: &str, notice: Option<serde_json::Value>) -> ConsoleResult {
+async fn org_page(
+    app: &App,
+    s: &CurrentSession,
+    key: &str,
+    notice: Option<serde_json::Value>,
+) -> ConsoleResult {
     let org = app.store.get_organisation(key).await?;
     let contacts = app.store.list_contacts(&org.id).await?;
     let endpoints: Vec<_> = app
@@ -573,7 +606,8 @@ pub async fn endpoint_add(
         "" => Default::default(),
         x => parse::<broadcast_core::EndpointFormat>("format", x)?,
     };
-    let ep = app.store.add_endpoint_with_format(&key, f.get("url").trim(), &secret, format, Utc::now()).await?;
+    let ep =
+        app.store.add_endpoint_with_format(&key, f.get("url").trim(), &secret, format, Utc::now()).await?;
     // The secret is shown once, here.
     org_page(&app, &s, &key, Some(json!({ "ok": true, "text": format!("Endpoint added. Its signing secret, shown only now: {secret}"), "endpoint": ep.id }))).await
 }
@@ -607,12 +641,24 @@ pub async fn endpoint_test(
         Err(e) => (false, format!("Test to {} failed: {e}", ep.url)),
     };
     app.store
-        .append_audit(s.analyst.id.as_str(), "endpoint.test", ep.id.as_str(), json!({ "ok": ok, "result": text, "webhook_id": msg_id }), now)
+        .append_audit(
+            s.analyst.id.as_str(),
+            "endpoint.test",
+            ep.id.as_str(),
+            json!({ "ok": ok, "result": text, "webhook_id": msg_id }),
+            now,
+        )
         .await?;
     org_page(&app, &s, ep.org_id.as_str(), Some(json!({ "ok": ok, "text": text, "endpoint": ep.id }))).await
 }
 
-async fn endpoint_switch(app: App, s: CurrentSession, f: FormData, id: String, enabled: bool) -> ConsoleResult {
+async fn endpoint_switch(
+    app: App,
+    s: CurrentSession,
+    f: FormData,
+    id: String,
+    enabled: bool,
+) -> ConsoleResult {
     let id: EndpointId = parse("endpoint id", &id)?;
     let reason = match f.get("reason").trim() {
         "" => format!("{} by {}", if enabled { "enabled" } else { "disabled" }, s.analyst.name),
@@ -688,13 +734,20 @@ pub async fn audit(
     let check = if q.verify.is_some() {
         let c = app.store.verify_audit().await?;
         Some(match c.broken {
-            None => json!({ "ok": true, "text": format!("Audit log intact: {} entries, every hash chains.", c.entries) }),
-            Some((seq, why)) => json!({ "ok": false, "text": format!("Audit log broken at entry {seq}: {why}.") }),
+            None => {
+                json!({ "ok": true, "text": format!("Audit log intact: {} entries, every hash chains.", c.entries) })
+            }
+            Some((seq, why)) => {
+                json!({ "ok": false, "text": format!("Audit log broken at entry {seq}: {why}.") })
+            }
         })
     } else {
         None
     };
-    render("audit.html", minijinja::context! { entries => Serde(&entries), next => next, check => check.map(Serde), after => q.after, ..base(&s) })
+    render(
+        "audit.html",
+        minijinja::context! { entries => Serde(&entries), next => next, check => check.map(Serde), after => q.after, ..base(&s) },
+    )
 }
 
 pub async fn users(State(app): State<App>, Extension(s): Extension<CurrentSession>) -> ConsoleResult {
@@ -716,7 +769,12 @@ pub async fn user_add(
     // No API token yet: `broadcast analyst token NAME` issues one.
     let a = app
         .store
-        .create_analyst(f.get("name"), role, &crate::auth::hash_token(&crate::auth::generate_token()), Utc::now())
+        .create_analyst(
+            f.get("name"),
+            role,
+            &crate::auth::hash_token(&crate::auth::generate_token()),
+            Utc::now(),
+        )
         .await?;
     app.store.set_analyst_password(&a.name, Some(&hash), s.analyst.id.as_str(), Utc::now()).await?;
     Ok(see_other("/console/users"))

@@ -59,7 +59,11 @@ pub struct LoginQuery {
 
 /// Only local console paths are followed after signing in (no open redirect).
 fn safe_next(next: &str) -> &str {
-    if next.starts_with("/console") && !next.starts_with("//") && !next.contains('\\') { next } else { "/console/queue" }
+    if next.starts_with("/console") && !next.starts_with("//") && !next.contains('\\') {
+        next
+    } else {
+        "/console/queue"
+    }
 }
 
 fn login_page(app: &App, next: &str, error: Option<String>, status: StatusCode) -> ConsoleResult {
@@ -67,7 +71,8 @@ fn login_page(app: &App, next: &str, error: Option<String>, status: StatusCode) 
     let ctx = minijinja::context! { csrf => &token, next => safe_next(next), error => error };
     let mut resp = super::render("login.html", ctx)?;
     *resp.status_mut() = status;
-    resp.headers_mut().insert(header::SET_COOKIE, super::set_cookie(app, LOGIN_COOKIE, &token, "/console/login", 3600));
+    resp.headers_mut()
+        .insert(header::SET_COOKIE, super::set_cookie(app, LOGIN_COOKIE, &token, "/console/login", 3600));
     Ok(resp)
 }
 
@@ -128,12 +133,7 @@ pub async fn submit(State(app): State<App>, req: Request) -> ConsoleResult {
             limiter.fail(&account_key, now);
             limiter.fail(&address_key, now);
             tracing::info!(user = %name, client = ?addr, "sign-in failed");
-            return login_page(
-                &app,
-                &next,
-                Some("Wrong name or password.".into()),
-                StatusCode::UNAUTHORIZED,
-            );
+            return login_page(&app, &next, Some("Wrong name or password.".into()), StatusCode::UNAUTHORIZED);
         }
     };
     limiter.clear(&account_key);
@@ -150,7 +150,13 @@ pub async fn submit(State(app): State<App>, req: Request) -> ConsoleResult {
         )
         .await?;
     app.store
-        .append_audit(analyst.id.as_str(), "user.signin", analyst.id.as_str(), serde_json::json!({ "client": addr }), at)
+        .append_audit(
+            analyst.id.as_str(),
+            "user.signin",
+            analyst.id.as_str(),
+            serde_json::json!({ "client": addr }),
+            at,
+        )
         .await?;
     tracing::info!(user = %analyst.name, client = ?addr, "signed in");
     let mut resp = Redirect::to(safe_next(&next)).into_response();
@@ -169,7 +175,13 @@ pub async fn logout(
         app.store.delete_session(&crate::auth::hash_token(&v)).await?;
     }
     app.store
-        .append_audit(s.analyst.id.as_str(), "user.signout", s.analyst.id.as_str(), serde_json::json!({}), Utc::now())
+        .append_audit(
+            s.analyst.id.as_str(),
+            "user.signout",
+            s.analyst.id.as_str(),
+            serde_json::json!({}),
+            Utc::now(),
+        )
         .await?;
     let mut resp = Redirect::to("/console/login").into_response();
     resp.headers_mut().insert(header::SET_COOKIE, super::set_cookie(&app, SESSION_COOKIE, "", "/", 0));

@@ -1,0 +1,189 @@
+//! Every route, with every role: the route table is what builds the router, so walking the
+//! table walks every route the server has. Also: every console POST refuses a missing CSRF
+//! token, and the OpenAPI document lists every API route and nothing else.
+
+use axum::body::Body;
+use axum::http::{Method, Request, StatusCode, header};
+use broadcast_core::Role;
+use broadcast_server::app::App;
+use broadcast_server::config::Settings;
+use broadcast_server::routes::{Access, RouteSpec, Surface};
+use chrono::Utc;
+use std::path::{Path, PathBuf};
+use tower::ServiceExt;
+
+fn repo() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../..").canonicalize().unwrap()
+}
+
+const PASSWORD: &str = "a long enough password";
+
+async fn app(dir: &Path) -> App {
+    let mut s = Settings::load(None).unwrap();
+    s.store.url = format!("sqlite://{}", dir.join("b.db").display());
+    s.triage.watchlist_file = repo().join("config/watchlist.toml").display().to_string();
+    s.bulletins.templates_dir = repo().join("bulletin-templates").display().to_string();
+    s.security.link_secret = "x".repeat(40);
+    s.feeds = Vec::new();
+    let app = App::open(s).await.unwrap();
+    for role in [Role::Analyst, Role::Approver, Role::Admin] {
+        let token = format!("token-{role}");
+        app.store
+            .create_analyst(role.as_str(), role, &broadcast_server::auth::hash_token(&token), Utc::now())
+            .await
+            .unwrap();
+    }
+    let hash = broadcast_server::auth::hash_password(PASSWORD).unwrap();
+    app.store.set_analyst_password("admin", Some(&hash), "test", Utc::now()).await.unwrap();
+    app
+}
+
+/// A fresh console session for `role` (signing out in one request must not end the next).
+async fn session(app: &App, role: Role) -> (String, String) {
+    static N: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+    let n = N.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let a = app.store.analyst_by_name(role.as_str()).await.unwrap();
+    let (cookie, csrf) = (format!("session-{role}-{n}"), format!("csrf-{role}-{n}"));
+    let now = Utc::now();
+    app.store
+        .create_session(
+            &broadcast_server::auth::hash_token(&cookie),
+            &a.id,
+            &csrf,
+            now,
+            now + chrono::Duration::hours(1),
+        )
+        .await
+        .unwrap();
+    (cookie, csrf)
+}
+
+fn concrete(path: &str) -> String {
+    path.split('/')
+        .map(|seg| if seg.starts_with('{') { "no-such-thing" } else { seg })
+        .collect::<Vec<_>>()
+        .join("/")
+}
+
+struct Outcome {
+    status: StatusCode,
+    location: String,
+}
+
+async fn call(app: &App, spec: &RouteSpec, who: Option<Role>, with_csrf: bool) -> Outcome {
+    let router = broadcast_server::api::router(app.clone());
+    let mut req = Request::builder().method(spec.method.clone()).uri(concrete(spec.path));
+    let mut body = String::new();
+    match (spec.surface, who) {
+        (Surface::Api, Some(role)) => {
+            req = req.header(header::AUTHORIZATION, format!("Bearer token-{role}"));
+        }
+        (Surface::Console, Some(role)) => {
+            let (cookie, csrf) = session(app, role).await;
+            req = req.header(header::COOKIE, format!("broadcast_session={cookie}"));
+            if with_csrf {
+                body = format!("csrf={csrf}");
+            }
+        }
+        (_, None) => {}
+    }
+    if spec.path == "/console/login" && spec.method == Method::POST {
+        // The sign-in form's own double-submit token and a real password.
+        req = req.header(header::COOKIE, "broadcast_login=login-token");
+        body = format!("csrf=login-token&name=admin&password={}", PASSWORD.replace(' ', "+"));
+    }
+    if spec.method != Method::GET {
+        req = req.header(header::CONTENT_TYPE, "application/x-www-form-urlencoded");
+    }
+    let resp = router.oneshot(req.body(Body::from(body)).unwrap()).await.unwrap();
+    let location =
+        resp.headers().get(header::LOCATION).and_then(|v| v.to_str().ok()).unwrap_or_default().to_owned();
+    Outcome { status: resp.status(), location }
+}
+
+#[tokio::test]
+async fn every_route_enforces_its_role() {
+    let dir = tempfile::tempdir().unwrap();
+    let app = app(dir.path()).await;
+    let (_, specs) = broadcast_server::api::routes(app.clone()).finish();
+    assert!(specs.len() > 60, "the table holds the API and the console: {}", specs.len());
+    let mut checked = 0;
+    for spec in &specs {
+        let route = format!("{} {}", spec.method, spec.path);
+        for who in [None, Some(Role::Analyst), Some(Role::Approver), Some(Role::Admin)] {
+            let o = call(&app, spec, who, true).await;
+            let to_login =
+                o.status == StatusCode::SEE_OTHER && o.location.starts_with("/console/login?next=");
+            match (spec.access, who) {
+                (Access::Public, _) => {
+                    assert!(
+                        o.status != StatusCode::UNAUTHORIZED
+                            && o.status != StatusCode::FORBIDDEN
+                            && !to_login,
+                        "{route} is public, yet {who:?} got {}",
+                        o.status
+                    );
+                }
+                (Access::Least(_), None) => match spec.surface {
+                    Surface::Api => assert_eq!(o.status, StatusCode::UNAUTHORIZED, "{route} without a token"),
+                    Surface::Console => {
+                        assert!(to_login, "{route} without a session: {} {}", o.status, o.location)
+                    }
+                },
+                (Access::Least(least), Some(role)) if role < least => {
+                    assert_eq!(o.status, StatusCode::FORBIDDEN, "{route} needs {least}; {role} got through");
+                }
+                (Access::Least(_), Some(role)) => {
+                    assert!(
+                        o.status != StatusCode::UNAUTHORIZED
+                            && o.status != StatusCode::FORBIDDEN
+                            && !to_login,
+                        "{route}: {role} is allowed, yet got {} {}",
+                        o.status,
+                        o.location
+                    );
+                    if spec.surface == Surface::Console && spec.method == Method::POST {
+                        let forged = call(&app, spec, who, false).await;
+                        assert_eq!(forged.status, StatusCode::FORBIDDEN, "{route} without a CSRF token");
+                    }
+                }
+            }
+            checked += 1;
+        }
+    }
+    assert_eq!(checked, specs.len() * 4);
+}
+
+#[tokio::test]
+async fn the_openapi_document_lists_every_api_route() {
+    let dir = tempfile::tempdir().unwrap();
+    let app = app(dir.path()).await;
+    let (_, specs) = broadcast_server::api::routes(app.clone()).finish();
+    let resp = broadcast_server::api::router(app.clone())
+        .oneshot(Request::get("/api/openapi.json").body(Body::empty()).unwrap())
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), StatusCode::OK);
+    let doc: serde_json::Value =
+        serde_json::from_slice(&axum::body::to_bytes(resp.into_body(), 1 << 20).await.unwrap()).unwrap();
+    assert_eq!(doc["openapi"], "3.1.0");
+    let api: Vec<&RouteSpec> = specs.iter().filter(|s| s.surface == Surface::Api).collect();
+    for s in &api {
+        let op = &doc["paths"][s.path][s.method.as_str().to_ascii_lowercase()];
+        assert!(op.is_object(), "{} {} is not in /api/openapi.json", s.method, s.path);
+        assert_eq!(op["summary"], s.summary);
+        match s.access {
+            Access::Public => assert_eq!(op["security"], serde_json::json!([])),
+            Access::Least(role) => assert_eq!(op["x-minimum-role"], role.as_str()),
+        }
+        let params = s.path.matches('{').count();
+        assert_eq!(op["parameters"].as_array().unwrap().len(), params, "{}", s.path);
+    }
+    let operations: usize =
+        doc["paths"].as_object().unwrap().values().map(|p| p.as_object().unwrap().len()).sum();
+    assert_eq!(operations, api.len(), "the document has operations no route serves");
+    assert!(
+        !doc["paths"].as_object().unwrap().keys().any(|p| p.starts_with("/console")),
+        "console pages are not API"
+    );
+}
