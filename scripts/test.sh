@@ -3,13 +3,20 @@
 # tests and the end-to-end flow. Installs and starts what the tests need first:
 #   - aiosmtpd (Python), the real SMTP server the end-to-end test sends to, and dkimpy, which
 #     verifies DKIM signatures on what it received;
-#   - PostgreSQL on 127.0.0.1:5432 (started if stopped, installed if missing).
+#   - PostgreSQL on 127.0.0.1:5432 (started if stopped, installed if missing);
+#   - headless Chromium and chromedriver (Debian packages), for the console's browser test.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 if ! python3 -c 'import aiosmtpd, dkim' 2>/dev/null; then
   echo "installing aiosmtpd (SMTP server for the end-to-end test) and dkimpy (checks DKIM as a receiver would)"
   python3 -m pip install --quiet --disable-pip-version-check aiosmtpd dkimpy
+fi
+
+if ! command -v chromedriver >/dev/null || ! [ -x /usr/bin/chromium ]; then
+  echo "installing chromium and chromium-driver (the console's browser tests)"
+  export DEBIAN_FRONTEND=noninteractive
+  apt-get update -qq && apt-get install -y -qq chromium chromium-driver >/dev/null
 fi
 
 pg_up() { (exec 3<>/dev/tcp/127.0.0.1/5432) 2>/dev/null; }

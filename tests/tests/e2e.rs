@@ -18,6 +18,8 @@ use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+mod browser;
+
 const FEED: &str = include_str!("../fixtures/medical-advisories.xml");
 const SOC_SECRET: &str = "whsec_c29jLXNlY3JldC1mb3ItdGhlLWUyZS10ZXN0cw==";
 const FLAKY_SECRET: &str = "whsec_Zmxha3ktc2VjcmV0LWZvci1lMmUtdGVzdHM=";
@@ -697,7 +699,7 @@ impl Rig {
             format!(
                 r#"
 seed_file = "{seed}"
-feeds = []
+{no_feeds}
 [store]
 url = "sqlite://{db}"
 [api]
@@ -716,6 +718,7 @@ watchlist_file = "{watchlist}"
                 templates = repo().join("bulletin-templates").display(),
                 watchlist = repo().join("config/watchlist.toml").display(),
                 config = config.replace("{dir}", &dir.path().display().to_string()),
+                no_feeds = if config.contains("[[feeds]]") { "" } else { "feeds = []" },
             ),
         )
         .unwrap();

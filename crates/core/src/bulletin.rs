@@ -189,8 +189,27 @@ impl BulletinContent {
         if self.title.chars().count() > 300 {
             return Err("bulletin title is longer than 300 characters".into());
         }
+        if let Some(r) = self.references.iter().find(|r| !is_web_url(r)) {
+            return Err(format!("reference `{r}` is not an http(s) link"));
+        }
         Ok(())
     }
+}
+
+/// An `http://` or `https://` link with a host and nothing that could break out of an
+/// attribute: the only links a bulletin may carry (feeds can send `javascript:` and worse).
+pub fn is_web_url(s: &str) -> bool {
+    let lower = s.get(..8).map(str::to_ascii_lowercase).unwrap_or_default();
+    let rest = if lower.starts_with("https://") {
+        &s[8..]
+    } else if lower.starts_with("http://") {
+        &s[7..]
+    } else {
+        return false;
+    };
+    !rest.is_empty()
+        && !rest.starts_with('/')
+        && !s.chars().any(|c| c.is_whitespace() || c.is_control() || matches!(c, '"' | '<' | '>' | '`'))
 }
 
 /// A bulletin as stored.
@@ -232,6 +251,29 @@ pub fn reference(prefix: &str, year: i32, seq: i64) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn only_web_links_are_references() {
+        for ok in ["https://www.cisa.gov/x", "HTTP://vendor.example/a?b=c", "https://h"] {
+            assert!(is_web_url(ok), "{ok}");
+        }
+        for bad in [
+            "javascript:alert(1)",
+            "data:text/html,x",
+            "https://",
+            "https:///x",
+            "ftp://x",
+            "https://a b",
+            "https://x\"onmouseover=",
+            "//x",
+            "",
+        ] {
+            assert!(!is_web_url(bad), "{bad}");
+        }
+        let mut c = BulletinContent::new("t", ThreatLevel::High, Tlp::Clear);
+        c.references = vec!["https://ok.example".into(), "javascript:x".into()];
+        assert!(c.validate().unwrap_err().contains("`javascript:x` is not an http(s) link"));
+    }
     use chrono::TimeZone;
 
     fn bulletin(state: BulletinState) -> Bulletin {

@@ -18,7 +18,9 @@ pub mod tlp;
 
 pub use advisory::{Advisory, AdvisoryContent, Affected, Cvss, KevListing, extract_cve_ids};
 pub use assessment::{Assessment, ThreatLevel, ThreatLevelError};
-pub use bulletin::{Action, Bulletin, BulletinContent, BulletinState, TransitionError, reference};
+pub use bulletin::{
+    Action, Bulletin, BulletinContent, BulletinState, TransitionError, is_web_url, reference,
+};
 pub use delivery::{ChannelKind, Delivery, DeliveryState};
 pub use ids::{AdvisoryId, AnalystId, BulletinId, ContactId, DeliveryId, EndpointId, IdError, OrgId};
 pub use subscriber::{

@@ -81,6 +81,8 @@ impl Renderer {
         });
         env.set_undefined_behavior(minijinja::UndefinedBehavior::Strict);
         env.add_filter("paragraphs", paragraphs);
+        // `{% if r is web_url %}`: link only http(s) references.
+        env.add_test("web_url", |s: &str| broadcast_core::is_web_url(s));
         Ok(Renderer { env, dir })
     }
 

@@ -94,7 +94,8 @@ pub fn draft_bulletin(items: &[(Advisory, Option<Assessment>)]) -> BulletinConte
                 cves.push(cve.clone());
             }
         }
-        for r in &a.content.references {
+        // Only web links: a feed's `javascript:` or `data:` "reference" never reaches a bulletin.
+        for r in a.content.references.iter().filter(|r| broadcast_core::is_web_url(r)) {
             if !references.contains(r) {
                 references.push(r.clone());
             }
