@@ -18,6 +18,7 @@ use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+#[path = "e2e/browser.rs"]
 mod browser;
 
 const FEED: &str = include_str!("../fixtures/medical-advisories.xml");

@@ -79,6 +79,20 @@ impl App {
     }
 }
 
+impl App {
+    /// Records who created an organisation, contact or endpoint. (The store's creation
+    /// functions predate the audit log and take no actor; the entry is appended right after.)
+    pub async fn audit_created(
+        &self,
+        actor: &str,
+        action: &str,
+        subject: &str,
+        details: serde_json::Value,
+    ) -> Result<(), StoreError> {
+        self.store.append_audit(actor, action, subject, details, chrono::Utc::now()).await
+    }
+}
+
 /// What an analyst may set when drafting, over what triage proposes.
 #[derive(Debug, Default)]
 pub struct DraftOverrides {

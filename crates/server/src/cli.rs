@@ -570,6 +570,13 @@ async fn execute(cli: Cli) -> Result<()> {
                 let tlp: Tlp = tlp_clearance.parse()?;
                 let level: ThreatLevel = min_level.parse()?;
                 let o = app.store.create_organisation(&name, tlp, level, now).await?;
+                app.audit_created(
+                    "operator",
+                    "organisation.create",
+                    o.id.as_str(),
+                    serde_json::json!({ "name": o.name }),
+                )
+                .await?;
                 println!("{}", o.id);
             }
             OrgCmd::List => {
@@ -612,6 +619,13 @@ async fn execute(cli: Cli) -> Result<()> {
         },
         Command::Contact(ContactCmd::Add { org, email, name }) => {
             let c = app.store.add_contact(&org, &email, &name, now).await?;
+            app.audit_created(
+                "operator",
+                "contact.create",
+                c.id.as_str(),
+                serde_json::json!({ "org": c.org_id, "email": c.email }),
+            )
+            .await?;
             println!("{}", c.id);
         }
         Command::Endpoint(EndpointCmd::Rotate { id, overlap_hours }) => {
@@ -637,6 +651,13 @@ async fn execute(cli: Cli) -> Result<()> {
                 }
             };
             let ep = app.store.add_endpoint_with_format(&org, &url, &secret, format, now).await?;
+            app.audit_created(
+                "operator",
+                "endpoint.create",
+                ep.id.as_str(),
+                serde_json::json!({ "org": ep.org_id, "url": ep.url }),
+            )
+            .await?;
             println!("{}", ep.id);
             if show {
                 eprintln!("signing secret (shown once; give it to the receiver):");

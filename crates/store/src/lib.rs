@@ -916,15 +916,10 @@ impl Store {
     /// The analyst of that name and their password hash (None: no console password).
     pub async fn analyst_credentials(&self, name: &str) -> Result<Option<(Analyst, Option<String>)>> {
         dispatch!(self, pool => {
-            let row: Option<(String, String, String, DateTime<Utc>, Option<String>)> =
-                sqlx::query_as("SELECT id, name, role, created_at, password_hash FROM analysts WHERE name = $1")
+            let row: Option<AnalystSecretRow> =
+                sqlx::query_as("SELECT id, name, role, created_at, password_hash AS secret FROM analysts WHERE name = $1")
                     .bind(name).fetch_optional(pool).await?;
-            match row {
-                None => Ok(None),
-                Some((id, name, role, created_at, hash)) => {
-                    Ok(Some((AnalystRow { id, name, role, created_at }.into_analyst()?, hash)))
-                }
-            }
+            row.map(AnalystSecretRow::split).transpose()
         })
     }
 
@@ -951,16 +946,14 @@ impl Store {
     pub async fn session(&self, id_hash: &str, now: DateTime<Utc>) -> Result<Option<(Analyst, String)>> {
         let now = db_time(now);
         dispatch!(self, pool => {
-            let row: Option<(String, String, String, DateTime<Utc>, String)> = sqlx::query_as(
-                "SELECT a.id, a.name, a.role, a.created_at, s.csrf FROM sessions s JOIN analysts a ON a.id = s.analyst_id
+            let row: Option<AnalystSecretRow> = sqlx::query_as(
+                "SELECT a.id, a.name, a.role, a.created_at, s.csrf AS secret FROM sessions s JOIN analysts a ON a.id = s.analyst_id
                  WHERE s.id_hash = $1 AND s.expires_at > $2",
             )
             .bind(id_hash).bind(now).fetch_optional(pool).await?;
-            match row {
-                None => Ok(None),
-                Some((id, name, role, created_at, csrf)) => {
-                    Ok(Some((AnalystRow { id, name, role, created_at }.into_analyst()?, csrf)))
-                }
+            match row.map(AnalystSecretRow::split).transpose()? {
+                Some((a, Some(csrf))) => Ok(Some((a, csrf))),
+                _ => Ok(None),
             }
         })
     }

@@ -102,6 +102,24 @@ pub(crate) struct AnalystRow {
     pub created_at: DateTime<Utc>,
 }
 
+/// An analyst with one secret-bearing column (`secret`): a password hash or a session's
+/// CSRF token.
+#[derive(sqlx::FromRow)]
+pub(crate) struct AnalystSecretRow {
+    pub id: String,
+    pub name: String,
+    pub role: String,
+    pub created_at: DateTime<Utc>,
+    pub secret: Option<String>,
+}
+
+impl AnalystSecretRow {
+    pub fn split(self) -> Result<(Analyst, Option<String>)> {
+        let a = AnalystRow { id: self.id, name: self.name, role: self.role, created_at: self.created_at };
+        Ok((a.into_analyst()?, self.secret))
+    }
+}
+
 impl AnalystRow {
     pub fn into_analyst(self) -> Result<Analyst> {
         Ok(Analyst {

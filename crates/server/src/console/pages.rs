@@ -544,10 +544,21 @@ pub async fn organisations(State(app): State<App>, Extension(s): Extension<Curre
     render("organisations.html", ctx)
 }
 
-pub async fn org_create(State(app): State<App>, Extension(f): Extension<FormData>) -> ConsoleResult {
+pub async fn org_create(
+    State(app): State<App>,
+    Extension(s): Extension<CurrentSession>,
+    Extension(f): Extension<FormData>,
+) -> ConsoleResult {
     let tlp = parse::<Tlp>("TLP clearance", f.get("tlp_clearance"))?;
     let level = parse::<ThreatLevel>("minimum threat level", f.get("min_threat_level"))?;
     let org = app.store.create_organisation(f.get("name"), tlp, level, Utc::now()).await?;
+    app.audit_created(
+        s.analyst.id.as_str(),
+        "organisation.create",
+        org.id.as_str(),
+        json!({ "name": org.name }),
+    )
+    .await?;
     Ok(see_other(&format!("/console/organisations/{}", org.id)))
 }
 
@@ -587,10 +598,18 @@ pub async fn organisation(
 
 pub async fn contact_add(
     State(app): State<App>,
+    Extension(s): Extension<CurrentSession>,
     Extension(f): Extension<FormData>,
     Path(key): Path<String>,
 ) -> ConsoleResult {
-    app.store.add_contact(&key, f.get("email"), f.get("name"), Utc::now()).await?;
+    let c = app.store.add_contact(&key, f.get("email"), f.get("name"), Utc::now()).await?;
+    app.audit_created(
+        s.analyst.id.as_str(),
+        "contact.create",
+        c.id.as_str(),
+        json!({ "org": c.org_id, "email": c.email }),
+    )
+    .await?;
     Ok(see_other(&format!("/console/organisations/{}", url_part(&key))))
 }
 
@@ -608,6 +627,13 @@ pub async fn endpoint_add(
     };
     let ep =
         app.store.add_endpoint_with_format(&key, f.get("url").trim(), &secret, format, Utc::now()).await?;
+    app.audit_created(
+        s.analyst.id.as_str(),
+        "endpoint.create",
+        ep.id.as_str(),
+        json!({ "org": ep.org_id, "url": ep.url }),
+    )
+    .await?;
     // The secret is shown once, here.
     org_page(&app, &s, &key, Some(json!({ "ok": true, "text": format!("Endpoint added. Its signing secret, shown only now: {secret}"), "endpoint": ep.id }))).await
 }
