@@ -852,7 +852,9 @@ async fn overrides_apply_to_their_revision_and_are_audited(s: Store) {
     assert_eq!(overrides[0].actor, alice.id.to_string());
     assert!(overrides[0].details.contains("consumer product"), "{}", overrides[0].details);
     let check = s.verify_audit().await.unwrap();
-    assert_eq!((check.entries, check.broken), (2, None));
+    // Two overrides after the three users were created (each audited).
+    assert_eq!(log.iter().filter(|e| e.action == "user.create").count(), 3);
+    assert_eq!((check.entries, check.broken), (5, None));
 }
 
 async fn audit_detects_tampering(s: Store, url: String) {
@@ -860,9 +862,21 @@ async fn audit_detects_tampering(s: Store, url: String) {
     publish(&s, &content("Audited", Tlp::Clear, ThreatLevel::High), &alice, &bob).await;
     let log = s.audit_entries(0, 100).await.unwrap();
     let actions: Vec<&str> = log.iter().map(|e| e.action.as_str()).collect();
-    assert_eq!(actions, vec!["bulletin.create", "bulletin.submit", "bulletin.approve", "bulletin.publish"]);
-    assert_eq!(log[2].actor, bob.id.to_string());
-    assert_eq!(s.verify_audit().await.unwrap(), AuditCheck { entries: 4, broken: None });
+    assert_eq!(
+        actions,
+        vec![
+            "user.create",
+            "user.create",
+            "user.create",
+            "bulletin.create",
+            "bulletin.submit",
+            "bulletin.approve",
+            "bulletin.publish"
+        ]
+    );
+    assert_eq!(log[5].actor, bob.id.to_string());
+    assert_eq!(log[5].seq, 6);
+    assert_eq!(s.verify_audit().await.unwrap(), AuditCheck { entries: 7, broken: None });
 
     let raw = |sql: &'static str| {
         let url = url.clone();
@@ -879,17 +893,17 @@ async fn audit_detects_tampering(s: Store, url: String) {
         }
     };
     // Edited.
-    raw("UPDATE audit_log SET actor = 'usr_someone_else' WHERE seq = 3").await;
+    raw("UPDATE audit_log SET actor = 'usr_someone_else' WHERE seq = 6").await;
     let check = s.verify_audit().await.unwrap();
-    assert_eq!(check.broken.as_ref().map(|b| b.0), Some(3));
+    assert_eq!(check.broken.as_ref().map(|b| b.0), Some(6));
     assert!(check.broken.unwrap().1.contains("edited"));
     // Deleted from the middle (after restoring the edit would not help: delete instead).
-    raw("DELETE FROM audit_log WHERE seq = 3").await;
+    raw("DELETE FROM audit_log WHERE seq = 6").await;
     let check = s.verify_audit().await.unwrap();
-    assert_eq!(check.broken.as_ref().map(|b| b.0), Some(4));
+    assert_eq!(check.broken.as_ref().map(|b| b.0), Some(7));
     assert!(check.broken.unwrap().1.contains("missing"));
     // Deleted at the end: caught by the head.
-    raw("DELETE FROM audit_log WHERE seq >= 3").await;
+    raw("DELETE FROM audit_log WHERE seq >= 6").await;
     let check = s.verify_audit().await.unwrap();
     assert!(check.broken.unwrap().1.contains("deleted"));
 }
