@@ -78,6 +78,24 @@ url = "file://{broken}"
         String::from_utf8(out.stdout).unwrap()
     }
 
+    /// Runs with `input` on standard input; the output.
+    fn with_stdin(&self, args: &[&str], input: &str) -> Output {
+        use std::io::Write;
+        let mut child = Command::new(env!("CARGO_BIN_EXE_broadcast"))
+            .arg("--config")
+            .arg(&self.config)
+            .args(args)
+            .current_dir(self.dir.path())
+            .env("RUST_LOG", "warn")
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        child.stdin.take().unwrap().write_all(input.as_bytes()).unwrap();
+        child.wait_with_output().unwrap()
+    }
+
     /// Runs and expects failure; returns stderr.
     fn fails(&self, args: &[&str]) -> String {
         let out = self.run(args);
@@ -88,6 +106,31 @@ url = "file://{broken}"
         );
         String::from_utf8(out.stderr).unwrap()
     }
+}
+
+/// The first admin is created from the command line, with the password on standard input;
+/// short or missing passwords are refused before anything is stored.
+#[test]
+fn console_users_are_created_with_a_password() {
+    let e = Env::new("");
+    let err =
+        String::from_utf8(e.with_stdin(&["user", "add", "root", "--role", "admin"], "").stderr).unwrap();
+    assert!(err.contains("no password on standard input"), "{err}");
+    let out = e.with_stdin(&["user", "add", "root", "--role", "admin"], "short\n");
+    assert!(String::from_utf8_lossy(&out.stderr).contains("at least 12 characters"));
+    assert!(!e.ok(&["analyst", "list"]).contains("root"), "nothing stored for a refused password");
+    let out = e.with_stdin(&["user", "add", "root", "--role", "admin"], "a sound passphrase here\n");
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(out.stdout.is_empty(), "a piped password is not echoed back");
+    let list = e.ok(&["analyst", "list"]);
+    assert!(list.contains("root") && list.contains("admin"), "{list}");
+    let out = e.with_stdin(&["user", "password", "root"], "another sound passphrase\n");
+    assert!(String::from_utf8_lossy(&out.stderr).contains("password set for root"));
+    let out = e.with_stdin(&["user", "password", "nobody"], "another sound passphrase\n");
+    assert!(String::from_utf8_lossy(&out.stderr).contains("nobody"), "unknown users are named");
+    let log = e.ok(&["audit", "list"]);
+    assert!(log.contains("user.create") && log.matches("user.password").count() == 2, "{log}");
+    assert!(!log.contains("argon2"), "no hash in the audit log");
 }
 
 #[test]

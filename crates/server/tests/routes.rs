@@ -187,3 +187,68 @@ async fn the_openapi_document_lists_every_api_route() {
         "console pages are not API"
     );
 }
+
+async fn sign_in(app: &App, name: &str, password: &str) -> axum::response::Response {
+    let body = format!("csrf=t&name={name}&password={}", password.replace(' ', "+"));
+    broadcast_server::api::router(app.clone())
+        .oneshot(
+            Request::post("/console/login")
+                .header(header::COOKIE, "broadcast_login=t")
+                .header(header::CONTENT_TYPE, "application/x-www-form-urlencoded")
+                .body(Body::from(body))
+                .unwrap(),
+        )
+        .await
+        .unwrap()
+}
+
+/// Five wrong passwords lock the account for the window, even against the right one; other
+/// accounts are unaffected; the session cookie is HttpOnly and SameSite=Strict; pages carry
+/// a script-tight Content-Security-Policy.
+#[tokio::test]
+async fn sign_in_is_rate_limited_and_cookies_are_locked_down() {
+    let dir = tempfile::tempdir().unwrap();
+    let app = app(dir.path()).await;
+    let ok = sign_in(&app, "admin", PASSWORD).await;
+    assert_eq!(ok.status(), StatusCode::SEE_OTHER);
+    let cookie = ok.headers().get(header::SET_COOKIE).unwrap().to_str().unwrap().to_owned();
+    assert!(cookie.starts_with("broadcast_session=bct_"), "{cookie}");
+    for attr in ["HttpOnly", "SameSite=Strict", "Path=/", "Max-Age=43200"] {
+        assert!(cookie.contains(attr), "{attr} missing: {cookie}");
+    }
+    assert!(!cookie.contains("Secure"), "plain-http public URL: no Secure flag (browsers would drop it)");
+    let session = cookie.split(';').next().unwrap().to_owned();
+    let page = broadcast_server::api::router(app.clone())
+        .oneshot(Request::get("/console/queue").header(header::COOKIE, &session).body(Body::empty()).unwrap())
+        .await
+        .unwrap();
+    assert_eq!(page.status(), StatusCode::OK);
+    let csp = page.headers().get(header::CONTENT_SECURITY_POLICY).unwrap().to_str().unwrap();
+    assert!(csp.contains("script-src 'self'") && !csp.contains("unsafe-eval"), "{csp}");
+    assert!(!csp.split(';').any(|d| d.contains("script-src") && d.contains("unsafe-inline")), "{csp}");
+    assert_eq!(page.headers().get(header::X_FRAME_OPTIONS).unwrap(), "DENY");
+
+    for _ in 0..5 {
+        assert_eq!(sign_in(&app, "admin", "wrong password!!").await.status(), StatusCode::UNAUTHORIZED);
+    }
+    let locked = sign_in(&app, "admin", PASSWORD).await;
+    assert_eq!(locked.status(), StatusCode::TOO_MANY_REQUESTS, "the right password is refused while locked");
+    let text =
+        String::from_utf8(axum::body::to_bytes(locked.into_body(), 1 << 20).await.unwrap().to_vec()).unwrap();
+    assert!(text.contains("Too many failed sign-ins"), "{text}");
+    // Another account from the same address still signs in (address limit is higher).
+    let hash = broadcast_server::auth::hash_password(PASSWORD).unwrap();
+    app.store.set_analyst_password("analyst", Some(&hash), "test", Utc::now()).await.unwrap();
+    assert_eq!(sign_in(&app, "analyst", PASSWORD).await.status(), StatusCode::SEE_OTHER);
+    // A forged sign-in form (no matching double-submit cookie) is refused.
+    let forged = broadcast_server::api::router(app.clone())
+        .oneshot(
+            Request::post("/console/login")
+                .header(header::CONTENT_TYPE, "application/x-www-form-urlencoded")
+                .body(Body::from(format!("csrf=t&name=analyst&password={}", PASSWORD.replace(' ', "+"))))
+                .unwrap(),
+        )
+        .await
+        .unwrap();
+    assert_eq!(forged.status(), StatusCode::FORBIDDEN);
+}

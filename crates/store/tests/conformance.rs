@@ -137,7 +137,41 @@ conformance!(
     endpoint_failure_streaks,
     batch_reads_and_recording,
     digests_hold_emails_not_webhooks,
+    passwords_and_sessions,
 );
+
+/// Console accounts: a password hash per analyst, sessions found by their hash until they
+/// expire, ended by signing out or by a new password; every change audited without secrets.
+async fn passwords_and_sessions(s: Store) {
+    let (alice, _, _) = setup_people(&s).await;
+    assert_eq!(s.analyst_credentials("alice").await.unwrap().unwrap().1, None, "no password yet");
+    assert!(s.analyst_credentials("nobody").await.unwrap().is_none());
+    s.set_analyst_password("alice", Some("$argon2id$fake"), "usr_admin", t0()).await.unwrap();
+    let (a, hash) = s.analyst_credentials("alice").await.unwrap().unwrap();
+    assert_eq!((a.id.clone(), hash.as_deref()), (alice.id.clone(), Some("$argon2id$fake")));
+    let err = s.set_analyst_password("nobody", Some("x"), "usr_admin", t0()).await.unwrap_err();
+    assert!(matches!(err, StoreError::NotFound { .. }), "{err}");
+
+    let expires = t0() + Duration::hours(12);
+    s.create_session("sess-1", &alice.id, "csrf-1", t0(), expires).await.unwrap();
+    s.create_session("sess-2", &alice.id, "csrf-2", t0(), expires).await.unwrap();
+    let (who, csrf) = s.session("sess-1", t0() + Duration::hours(1)).await.unwrap().unwrap();
+    assert_eq!((who.name.as_str(), csrf.as_str()), ("alice", "csrf-1"));
+    assert!(s.session("sess-1", expires + Duration::seconds(1)).await.unwrap().is_none(), "expired");
+    assert!(s.session("unknown", t0()).await.unwrap().is_none());
+    s.delete_session("sess-1").await.unwrap();
+    assert!(s.session("sess-1", t0()).await.unwrap().is_none(), "signed out");
+    assert!(s.session("sess-2", t0()).await.unwrap().is_some(), "other sessions stay");
+    // A new password ends every session.
+    s.set_analyst_password("alice", Some("$argon2id$new"), "usr_admin", t0()).await.unwrap();
+    assert!(s.session("sess-2", t0()).await.unwrap().is_none());
+
+    let log = s.audit_entries(0, 100).await.unwrap();
+    let pw: Vec<&AuditEntry> = log.iter().filter(|e| e.action == "user.password").collect();
+    assert_eq!(pw.len(), 2);
+    assert!(!pw[0].details.contains("argon2"), "the hash is not in the log: {}", pw[0].details);
+    assert_eq!(s.verify_audit().await.unwrap().broken, None);
+}
 
 /// An organisation on a daily digest: its emails wait for the next digest hour (webhooks do
 /// not), and one claim takes every pending email of a contact's digest.
