@@ -31,6 +31,7 @@ Highest CVSS v3 score 9.8: CVSS:3.1/AV:N/AC:L/PR:N/UI:N/S:U/C:H/I:H/A:H]]></desc
 
 const AMY_PASSWORD: &str = "amy's long password 1";
 const BEN_PASSWORD: &str = "ben's long password 22";
+const CAT_PASSWORD: &str = "cat's long password 333";
 
 /// `broadcast user add NAME --role R` with the password on standard input.
 fn add_user(config: &Path, name: &str, role: &str, password: &str) {
@@ -162,6 +163,26 @@ async fn nothing_executed(c: &Client, page: &str) -> Step {
     Ok(())
 }
 
+/// Every form control has a label, every button a name, the page a language and a main
+/// landmark with a level-one heading.
+async fn accessible(c: &Client, page: &str) -> Step {
+    let v = js(
+        c,
+        "const unlabelled = Array.from(document.querySelectorAll('input, select, textarea'))
+           .filter(e => e.type !== 'hidden' && e.labels.length === 0 && !e.getAttribute('aria-label'))
+           .map(e => e.name || e.id);
+         const nameless = Array.from(document.querySelectorAll('button, a'))
+           .filter(e => !e.textContent.trim() && !e.getAttribute('aria-label')).length;
+         return { unlabelled, nameless, lang: document.documentElement.lang,
+                  main: !!document.querySelector('main'), h1: document.querySelectorAll('h1').length };",
+    )
+    .await?;
+    check!(v["unlabelled"].as_array().is_some_and(Vec::is_empty), "{page}: controls without a label: {}", v["unlabelled"]);
+    check!(v["nameless"] == 0, "{page}: {} buttons or links without a name", v["nameless"]);
+    check!(v["lang"] == "en" && v["main"] == true && v["h1"] == 1, "{page}: landmarks {v}");
+    Ok(())
+}
+
 async fn flow(c: &Client, rig: &Rig, reference: &mut String) -> Step {
     let base = &rig.base;
     sign_in(c, base, "amy", AMY_PASSWORD).await?;
@@ -171,6 +192,7 @@ async fn flow(c: &Client, rig: &Rig, reference: &mut String) -> Step {
     let title = link.text().await.map_err(err)?;
     check!(title.contains("<script>window.__pwned=1</script>"), "the title is not readable as text: {title}");
     nothing_executed(c, "queue").await?;
+    accessible(c, "queue").await?;
     link.click().await.map_err(err)?;
 
     // The advisory: readable, nothing runs, the javascript: link is shown but not clickable.
@@ -185,11 +207,13 @@ async fn flow(c: &Client, rig: &Rig, reference: &mut String) -> Step {
         "the javascript: reference should be shown as plain text: {unsafe_links}"
     );
     nothing_executed(c, "advisory").await?;
+    accessible(c, "advisory").await?;
 
     // Draft a bulletin; edit it with the live preview.
     c.find(Locator::Id("draft")).await.map_err(err)?.click().await.map_err(err)?;
     until(c, "the editor", 10, "return !!document.getElementById('editor')").await?;
     nothing_executed(c, "editor").await?;
+    accessible(c, "editor").await?;
     *reference = js(c, "return location.pathname.split('/')[3]").await?.as_str().unwrap_or("").to_owned();
     let title_box = c.find(Locator::Id("title")).await.map_err(err)?;
     title_box.clear().await.map_err(err)?;
@@ -299,6 +323,39 @@ async fn flow(c: &Client, rig: &Rig, reference: &mut String) -> Step {
     check!(counts["total"].as_i64() == Some(2), "one email and one webhook expected: {counts}");
     check!(counts["delivered"] == counts["total"], "not everything delivered: {counts}");
     nothing_executed(c, "published bulletin").await?;
+    accessible(c, "published bulletin").await?;
+
+    // An admin sends a test to the organisation's endpoint and checks the audit chain.
+    c.find(Locator::Css(".signout button")).await.map_err(err)?.click().await.map_err(err)?;
+    until(c, "the sign-in page", 10, "return location.pathname === '/console/login'").await?;
+    accessible(c, "sign-in").await?;
+    sign_in(c, base, "cat", CAT_PASSWORD).await?;
+    c.goto(&format!("{base}/console/organisations")).await.map_err(err)?;
+    accessible(c, "organisations").await?;
+    c.find(Locator::LinkText("Trust")).await.map_err(err)?.click().await.map_err(err)?;
+    until(c, "the organisation page", 10, "return !!document.querySelector('.send-test')").await?;
+    accessible(c, "organisation").await?;
+    c.find(Locator::Css(".send-test")).await.map_err(err)?.click().await.map_err(err)?;
+    until(c, "the test result", 15, "return !!document.getElementById('notice')").await?;
+    let notice = c.find(Locator::Id("notice")).await.map_err(err)?.text().await.map_err(err)?;
+    check!(notice.contains("Test sent") && notice.contains("HTTP 204"), "send test: {notice}");
+    c.goto(&format!("{base}/console/feeds")).await.map_err(err)?;
+    let feeds = c.find(Locator::Css("main table")).await.map_err(err)?.text().await.map_err(err)?;
+    check!(feeds.contains("hostile") && feeds.contains("ok"), "feed health: {feeds}");
+    accessible(c, "feeds").await?;
+    c.goto(&format!("{base}/console/audit")).await.map_err(err)?;
+    c.find(Locator::Id("verify")).await.map_err(err)?.click().await.map_err(err)?;
+    until(c, "the audit check", 10, "return !!document.getElementById('audit-check')").await?;
+    let check_text = c.find(Locator::Id("audit-check")).await.map_err(err)?.text().await.map_err(err)?;
+    check!(check_text.contains("intact"), "audit: {check_text}");
+    let log = c.find(Locator::Css("main table")).await.map_err(err)?.text().await.map_err(err)?;
+    for action in ["user.signin", "bulletin.approve", "bulletin.publish", "endpoint.test"] {
+        check!(log.contains(action), "the audit page does not list {action}");
+    }
+    accessible(c, "audit").await?;
+    if std::env::var_os("CONSOLE_SCREENSHOTS").is_some() {
+        screenshots(c, base, reference).await;
+    }
     Ok(())
 }
 
@@ -309,8 +366,13 @@ async fn screenshots(c: &Client, base: &str, reference: &str) -> PathBuf {
     if let Ok(png) = c.screenshot().await {
         let _ = std::fs::write(dir.join("failure.png"), png);
     }
-    let mut pages =
-        vec![("queue", "/console/queue".to_owned()), ("bulletins", "/console/bulletins".to_owned())];
+    let mut pages = vec![
+        ("queue", "/console/queue".to_owned()),
+        ("bulletins", "/console/bulletins".to_owned()),
+        ("organisations", "/console/organisations".to_owned()),
+        ("feeds", "/console/feeds".to_owned()),
+        ("audit", "/console/audit".to_owned()),
+    ];
     if !reference.is_empty() {
         pages.push(("bulletin", format!("/console/bulletins/{reference}")));
     }
@@ -345,6 +407,7 @@ async fn analyst_and_approver_publish_a_hostile_advisory_in_a_real_browser() {
     .await;
     add_user(&rig.config, "amy", "approver", AMY_PASSWORD);
     add_user(&rig.config, "ben", "approver", BEN_PASSWORD);
+    add_user(&rig.config, "cat", "admin", CAT_PASSWORD);
     wait_for("the hostile advisory to be collected and triaged", 30, || async {
         let v = rig.api.get(ALICE, "/api/candidates").await;
         (!v["candidates"].as_array().unwrap().is_empty()).then_some(())
@@ -364,8 +427,10 @@ async fn analyst_and_approver_publish_a_hostile_advisory_in_a_real_browser() {
 
     // What the receivers got is the escaped text, verified as a SOC would.
     let hooks = hooks.lock().unwrap().clone();
-    assert_eq!(hooks.len(), 1, "{hooks:?}");
-    assert!(hooks[0].signature_valid);
+    assert_eq!(hooks.len(), 2, "the bulletin and the test: {hooks:?}");
+    assert!(hooks.iter().all(|h| h.signature_valid));
     let body: Value = serde_json::from_str(&hooks[0].body).unwrap();
     assert_eq!(body["data"]["title"], "Acme infusion pumps: patch now <b>bold?</b>", "{body}");
+    let test: Value = serde_json::from_str(&hooks[1].body).unwrap();
+    assert_eq!(test["type"], "broadcast.test", "{test}");
 }
