@@ -177,7 +177,11 @@ async fn accessible(c: &Client, page: &str) -> Step {
                   main: !!document.querySelector('main'), h1: document.querySelectorAll('h1').length };",
     )
     .await?;
-    check!(v["unlabelled"].as_array().is_some_and(Vec::is_empty), "{page}: controls without a label: {}", v["unlabelled"]);
+    check!(
+        v["unlabelled"].as_array().is_some_and(Vec::is_empty),
+        "{page}: controls without a label: {}",
+        v["unlabelled"]
+    );
     check!(v["nameless"] == 0, "{page}: {} buttons or links without a name", v["nameless"]);
     check!(v["lang"] == "en" && v["main"] == true && v["h1"] == 1, "{page}: landmarks {v}");
     Ok(())
