@@ -50,6 +50,9 @@ pub struct Parsed {
     pub refused: Vec<String>,
     /// The next page to fetch, for paged APIs.
     pub next: Option<FeedRequest>,
+    /// Known-exploited listings (the KEV catalog): applied to every advisory naming the CVE,
+    /// now and when one arrives later.
+    pub kev: Vec<broadcast_core::KevEntry>,
 }
 
 /// A body that could not be read as this feed's format. Nothing from it is stored.
@@ -73,6 +76,8 @@ pub trait Feed: Send + Sync {
 pub enum FeedConfig {
     /// RSS 0.9x/1.0/2.0, Atom or JSON Feed.
     Rss(feeds::rss::RssConfig),
+    /// CISA's Known Exploited Vulnerabilities catalog (JSON).
+    Kev(feeds::kev::KevConfig),
 }
 
 /// A configuration that cannot work, naming the feed and the key.
@@ -88,18 +93,29 @@ impl FeedConfig {
     pub fn id(&self) -> &str {
         match self {
             FeedConfig::Rss(c) => &c.id,
+            FeedConfig::Kev(c) => &c.id,
         }
     }
 
     pub fn schedule_expr(&self) -> &str {
         match self {
             FeedConfig::Rss(c) => &c.schedule,
+            FeedConfig::Kev(c) => &c.schedule,
         }
     }
 
     pub fn enabled(&self) -> bool {
         match self {
             FeedConfig::Rss(c) => c.enabled,
+            FeedConfig::Kev(c) => c.enabled,
+        }
+    }
+
+    /// The source URL (`file:` URLs may be relative to the working directory).
+    pub fn url_mut(&mut self) -> &mut String {
+        match self {
+            FeedConfig::Rss(c) => &mut c.url,
+            FeedConfig::Kev(c) => &mut c.url,
         }
     }
 
@@ -129,6 +145,7 @@ impl FeedConfig {
         self.schedule()?;
         match self {
             FeedConfig::Rss(c) => Ok(Box::new(feeds::rss::RssFeed::new(c)?)),
+            FeedConfig::Kev(c) => Ok(Box::new(feeds::kev::KevFeed::new(c)?)),
         }
     }
 }

@@ -110,6 +110,7 @@ impl Runner {
                 feed.parse(&body).map_err(|error| FetchError::Parse { url: req.url.to_string(), error })?;
             all.items.extend(parsed.items);
             all.refused.extend(parsed.refused);
+            all.kev.extend(parsed.kev);
             match parsed.next {
                 Some(next) => req = next,
                 None => break,

@@ -39,6 +39,17 @@ impl Affected {
     }
 }
 
+/// One entry of CISA's Known Exploited Vulnerabilities catalog: the CVE, its listing, and
+/// the catalog's names for it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct KevEntry {
+    pub cve: String,
+    pub listing: KevListing,
+    pub vendor: String,
+    pub product: String,
+    pub name: String,
+}
+
 /// A CISA Known Exploited Vulnerabilities listing.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct KevListing {

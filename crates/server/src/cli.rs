@@ -757,11 +757,19 @@ async fn execute(cli: Cli) -> Result<()> {
                 .map_err(anyhow::Error::msg)?;
             let assessed = crate::stages::triage::assess_pending(&app).await?;
             println!(
-                "{once}: {} new, {} revised, {} unchanged, {} refused{}; {assessed} assessed",
+                "{once}: {} new, {} revised, {} unchanged, {} refused{}{}; {assessed} assessed",
                 r.new,
                 r.revised,
                 r.unchanged,
                 r.refused,
+                if r.kev_listings > 0 || r.kev_marked > 0 {
+                    format!(
+                        "; {} KEV listings new or changed, {} advisories marked",
+                        r.kev_listings, r.kev_marked
+                    )
+                } else {
+                    String::new()
+                },
                 if r.not_modified { " (not modified)" } else { "" }
             );
         }

@@ -133,6 +133,33 @@ fn console_users_are_created_with_a_password() {
     assert!(!log.contains("argon2"), "no hash in the audit log");
 }
 
+/// The KEV catalog marks the collected advisory whose CVE it lists, and triage assesses the
+/// new revision with the KEV reason; running it again changes nothing.
+#[test]
+fn kev_catalog_marks_advisories_and_triage_sees_it() {
+    let kev = repo().join("tests/fixtures/kev-sample.json");
+    let e =
+        Env::new(&format!("[[feeds]]\ntype = \"kev\"\nid = \"kev\"\nurl = \"file://{}\"\n", kev.display()));
+    e.ok(&["collect", "--once", "medical"]);
+    let out = e.ok(&["collect", "--once", "kev"]);
+    assert!(out.contains("4 KEV listings new or changed, 1 advisories marked"), "{out}");
+    assert!(out.contains("1 assessed"), "the marked advisory is assessed again: {out}");
+    let cands: serde_json::Value = serde_json::from_str(&e.ok(&["candidates", "--json", "--all"])).unwrap();
+    let c = cands["candidates"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["advisory"]["cves"].as_array().unwrap().iter().any(|v| v == "CVE-2024-41798"))
+        .expect("the Siemens advisory");
+    assert_eq!(c["advisory"]["revision"], 2);
+    assert_eq!(c["advisory"]["kev"]["date_added"], "2024-10-15");
+    let reasons = c["assessment"]["reasons"].to_string();
+    assert!(reasons.contains("in KEV since 2024-10-15"), "{reasons}");
+    // The same catalog again (the file is unchanged: not even parsed), then forced.
+    let again = e.ok(&["collect", "--once", "kev"]);
+    assert!(again.contains("not modified"), "{again}");
+}
+
 #[test]
 fn bad_configuration_is_refused_naming_the_key() {
     let e = Env::new("");

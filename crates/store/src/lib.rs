@@ -23,7 +23,8 @@ mod rows;
 use broadcast_core::{
     Action, Advisory, AdvisoryContent, AdvisoryId, Analyst, AnalystId, Assessment, Bulletin, BulletinContent,
     BulletinId, BulletinState, ChannelKind, Contact, ContactId, Delivery, DeliveryId, DeliveryState,
-    Endpoint, EndpointFormat, EndpointId, OrgId, Organisation, Role, ThreatLevel, Tlp, TransitionError,
+    Endpoint, EndpointFormat, EndpointId, KevEntry, OrgId, Organisation, Role, ThreatLevel, Tlp,
+    TransitionError,
 };
 use chrono::{DateTime, Datelike, Utc};
 use rows::*;
@@ -260,6 +261,7 @@ const SQLITE_MIGRATIONS: &[(&str, &str)] = &[
     ("endpoint health", include_str!("../migrations/sqlite/0007_endpoint_health.sql")),
     ("digests", include_str!("../migrations/sqlite/0008_digests.sql")),
     ("accounts", include_str!("../migrations/sqlite/0009_accounts.sql")),
+    ("kev", include_str!("../migrations/sqlite/0010_kev.sql")),
 ];
 const POSTGRES_MIGRATIONS: &[(&str, &str)] = &[
     ("initial", include_str!("../migrations/postgres/0001_initial.sql")),
@@ -274,6 +276,7 @@ const POSTGRES_MIGRATIONS: &[(&str, &str)] = &[
     ("endpoint health", include_str!("../migrations/postgres/0007_endpoint_health.sql")),
     ("digests", include_str!("../migrations/postgres/0008_digests.sql")),
     ("accounts", include_str!("../migrations/postgres/0009_accounts.sql")),
+    ("kev", include_str!("../migrations/postgres/0010_kev.sql")),
 ];
 
 /// Whether a candidate list includes advisories triage found irrelevant.
@@ -301,6 +304,31 @@ pub enum Change {
     New,
     Revised,
     Unchanged,
+}
+
+/// What applying KEV entries did.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
+pub struct KevApplied {
+    /// Listings not seen before.
+    pub new_entries: usize,
+    /// Listings CISA changed (due date, ransomware use).
+    pub changed_entries: usize,
+    /// Advisories given a new revision by a listing.
+    pub advisories: Vec<AdvisoryId>,
+}
+
+fn kev_listing(
+    (added, due, ransomware): (String, Option<String>, bool),
+) -> Result<broadcast_core::KevListing> {
+    let date = |s: &str| {
+        chrono::NaiveDate::parse_from_str(s, "%Y-%m-%d")
+            .map_err(|e| StoreError::Corrupt(format!("kev_entries date `{s}`: {e}")))
+    };
+    Ok(broadcast_core::KevListing {
+        date_added: date(&added)?,
+        due_date: due.as_deref().map(date).transpose()?,
+        ransomware,
+    })
 }
 
 /// The result of [`Store::upsert_advisory`].
@@ -509,9 +537,30 @@ impl Store {
     pub async fn upsert_advisory(&self, content: &AdvisoryContent, now: DateTime<Utc>) -> Result<Upserted> {
         content.validate().map_err(|why| StoreError::Invalid { what: "advisory", why })?;
         let now = db_time(now);
-        let json = to_json(content);
         dispatch!(self, pool => {
             let mut tx = pool.begin_write().await?;
+            // A CVE already in the KEV catalog marks the advisory as it arrives.
+            let mut with_kev;
+            let content = if content.kev.is_none() && !content.cves.is_empty() {
+                let mut qb = QueryBuilder::new("SELECT date_added, due_date, ransomware FROM kev_entries WHERE cve IN (");
+                let mut sep = qb.separated(", ");
+                for c in &content.cves {
+                    sep.push_bind(c.clone());
+                }
+                sep.push_unseparated(") ORDER BY date_added LIMIT 1");
+                let row: Option<(String, Option<String>, bool)> = qb.build_query_as().fetch_optional(&mut *tx).await?;
+                match row {
+                    Some(r) => {
+                        with_kev = content.clone();
+                        with_kev.kev = Some(kev_listing(r)?);
+                        &with_kev
+                    }
+                    None => content,
+                }
+            } else {
+                content
+            };
+            let json = to_json(content);
             let existing: Option<(String, i32, String)> = sqlx::query_as(
                 "SELECT id, revision, content FROM advisories WHERE source = $1 AND external_id = $2",
             )
@@ -531,6 +580,10 @@ impl Store {
                     sqlx::query("INSERT INTO advisory_revisions (advisory_id, revision, content, collected_at) VALUES ($1, 1, $2, $3)")
                         .bind(id.as_str()).bind(&json).bind(now)
                         .execute(&mut *tx).await?;
+                    for cve in &content.cves {
+                        sqlx::query("INSERT INTO advisory_cves (cve, advisory_id) VALUES ($1, $2) ON CONFLICT DO NOTHING")
+                            .bind(cve).bind(id.as_str()).execute(&mut *tx).await?;
+                    }
                     Upserted { id, revision: 1, change: Change::New }
                 }
                 Some((id, revision, old)) => {
@@ -545,10 +598,75 @@ impl Store {
                         sqlx::query("INSERT INTO advisory_revisions (advisory_id, revision, content, collected_at) VALUES ($1, $2, $3, $4)")
                             .bind(id.as_str()).bind(next).bind(&json).bind(now)
                             .execute(&mut *tx).await?;
+                        sqlx::query("DELETE FROM advisory_cves WHERE advisory_id = $1").bind(id.as_str()).execute(&mut *tx).await?;
+                        for cve in &content.cves {
+                            sqlx::query("INSERT INTO advisory_cves (cve, advisory_id) VALUES ($1, $2) ON CONFLICT DO NOTHING")
+                                .bind(cve).bind(id.as_str()).execute(&mut *tx).await?;
+                        }
                         Upserted { id, revision: next, change: Change::Revised }
                     }
                 }
             };
+            tx.commit().await?;
+            Ok(out)
+        })
+    }
+
+    /// Applies KEV catalog entries: each new or changed listing is remembered (advisories
+    /// stored later get it as they arrive) and marks every advisory naming the CVE, as a new
+    /// revision ("added to KEV") that triage assesses again. Unchanged listings cost nothing,
+    /// so the catalog can be applied whole on every run.
+    pub async fn apply_kev(&self, entries: &[KevEntry], now: DateTime<Utc>) -> Result<KevApplied> {
+        let now = db_time(now);
+        dispatch!(self, pool => {
+            let mut tx = pool.begin_write().await?;
+            let known: Vec<(String, String, Option<String>, bool)> =
+                sqlx::query_as("SELECT cve, date_added, due_date, ransomware FROM kev_entries").fetch_all(&mut *tx).await?;
+            let known: std::collections::HashMap<String, (String, Option<String>, bool)> =
+                known.into_iter().map(|(c, a, d, r)| (c, (a, d, r))).collect();
+            let mut out = KevApplied::default();
+            for e in entries {
+                let values = (
+                    e.listing.date_added.to_string(),
+                    e.listing.due_date.map(|d| d.to_string()),
+                    e.listing.ransomware,
+                );
+                match known.get(&e.cve) {
+                    Some(v) if *v == values => continue,
+                    Some(_) => out.changed_entries += 1,
+                    None => out.new_entries += 1,
+                }
+                sqlx::query(
+                    "INSERT INTO kev_entries (cve, date_added, due_date, ransomware, vendor, product, name, first_seen)
+                     VALUES ($1, $2, $3, $4, $5, $6, $7, $8)
+                     ON CONFLICT (cve) DO UPDATE SET date_added = excluded.date_added, due_date = excluded.due_date,
+                         ransomware = excluded.ransomware, vendor = excluded.vendor, product = excluded.product, name = excluded.name",
+                )
+                .bind(&e.cve).bind(&values.0).bind(&values.1).bind(values.2)
+                .bind(&e.vendor).bind(&e.product).bind(&e.name).bind(now)
+                .execute(&mut *tx).await?;
+                let ids: Vec<(String,)> = sqlx::query_as("SELECT advisory_id FROM advisory_cves WHERE cve = $1 ORDER BY advisory_id")
+                    .bind(&e.cve).fetch_all(&mut *tx).await?;
+                for (id,) in ids {
+                    let (revision, old): (i32, String) =
+                        sqlx::query_as("SELECT revision, content FROM advisories WHERE id = $1").bind(&id).fetch_one(&mut *tx).await?;
+                    let mut c: AdvisoryContent = serde_json::from_str(&old)
+                        .map_err(|e| StoreError::Corrupt(format!("advisory {id}: {e}")))?;
+                    // Of several listed CVEs the earliest listing stands; the same CVE's
+                    // listing is replaced when CISA changes it (a due date moved).
+                    if c.kev.as_ref().is_some_and(|k| *k == e.listing || k.date_added < e.listing.date_added) {
+                        continue;
+                    }
+                    c.kev = Some(e.listing.clone());
+                    let json = to_json(&c);
+                    let next = revision + 1;
+                    sqlx::query("UPDATE advisories SET revision = $1, content = $2, last_changed = $3 WHERE id = $4")
+                        .bind(next).bind(&json).bind(now).bind(&id).execute(&mut *tx).await?;
+                    sqlx::query("INSERT INTO advisory_revisions (advisory_id, revision, content, collected_at) VALUES ($1, $2, $3, $4)")
+                        .bind(&id).bind(next).bind(&json).bind(now).execute(&mut *tx).await?;
+                    out.advisories.push(parse_id(&id)?);
+                }
+            }
             tx.commit().await?;
             Ok(out)
         })

@@ -138,7 +138,81 @@ conformance!(
     batch_reads_and_recording,
     digests_hold_emails_not_webhooks,
     passwords_and_sessions,
+    kev_marks_advisories_now_and_later,
 );
+
+fn kev(cve: &str, added: (i32, u32, u32), due: Option<(i32, u32, u32)>) -> broadcast_core::KevEntry {
+    let d = |(y, m, day): (i32, u32, u32)| chrono::NaiveDate::from_ymd_opt(y, m, day).unwrap();
+    broadcast_core::KevEntry {
+        cve: cve.into(),
+        listing: broadcast_core::KevListing { date_added: d(added), due_date: due.map(d), ransomware: false },
+        vendor: "Acme".into(),
+        product: "Pump".into(),
+        name: "Acme Pump RCE".into(),
+    }
+}
+
+/// A CVE added to KEV marks every advisory naming it (a new revision, so triage assesses it
+/// again); the catalog applied again changes nothing; a moved due date is a change; a listing
+/// for a CVE nobody reported yet waits and marks the advisory when it arrives.
+async fn kev_marks_advisories_now_and_later(s: Store) {
+    let mut a = advisory("a-1", "Acme pump flaw");
+    a.cves = vec!["CVE-2026-1111".into()];
+    let mut b = AdvisoryContent::new("feed-b", "b-1", "Acme pump flaw (vendor notice)");
+    b.cves = vec!["CVE-2026-1111".into(), "CVE-2026-2222".into()];
+    let mut other = advisory("o-1", "Unrelated");
+    other.cves = vec!["CVE-2026-9999".into()];
+    let ua = s.upsert_advisory(&a, t0()).await.unwrap();
+    let ub = s.upsert_advisory(&b, t0()).await.unwrap();
+    let uo = s.upsert_advisory(&other, t0()).await.unwrap();
+
+    let first = kev("CVE-2026-1111", (2026, 1, 5), Some((2026, 1, 26)));
+    let applied = s.apply_kev(std::slice::from_ref(&first), t0() + Duration::hours(1)).await.unwrap();
+    assert_eq!((applied.new_entries, applied.changed_entries), (1, 0));
+    let mut marked = applied.advisories.clone();
+    marked.sort();
+    let mut expected = vec![ua.id.clone(), ub.id.clone()];
+    expected.sort();
+    assert_eq!(marked, expected, "both sources' records of the CVE are marked");
+    let got = s.get_advisory(&ua.id).await.unwrap();
+    assert_eq!((got.revision, got.content.kev.as_ref()), (2, Some(&first.listing)));
+    assert_eq!(s.get_advisory(&uo.id).await.unwrap().revision, 1, "other CVEs untouched");
+    let revs = s.advisory_revisions(&ua.id).await.unwrap();
+    assert!(revs[0].content.kev.is_none() && revs[1].content.kev.is_some(), "the change is a revision");
+
+    // The whole catalog again: nothing new, nothing revised.
+    let again = s.apply_kev(std::slice::from_ref(&first), t0() + Duration::hours(2)).await.unwrap();
+    assert_eq!(again, broadcast_store::KevApplied::default());
+    // The feed re-reports the advisory without KEV: the stored listing stays, no new revision.
+    assert_eq!(s.upsert_advisory(&a, t0() + Duration::hours(2)).await.unwrap().change, Change::Unchanged);
+
+    // CISA moves the due date.
+    let moved = kev("CVE-2026-1111", (2026, 1, 5), Some((2026, 2, 2)));
+    let changed = s.apply_kev(std::slice::from_ref(&moved), t0() + Duration::hours(3)).await.unwrap();
+    assert_eq!((changed.new_entries, changed.changed_entries, changed.advisories.len()), (0, 1, 2));
+    assert_eq!(s.get_advisory(&ua.id).await.unwrap().content.kev.unwrap().due_date, moved.listing.due_date);
+
+    // Listed before anyone reports it: the advisory arrives marked.
+    let early = kev("CVE-2026-3333", (2026, 1, 7), None);
+    let waiting = s.apply_kev(std::slice::from_ref(&early), t0() + Duration::hours(4)).await.unwrap();
+    assert_eq!((waiting.new_entries, waiting.advisories.len()), (1, 0));
+    let mut late = AdvisoryContent::new("feed-b", "b-2", "Later notice");
+    late.cves = vec!["CVE-2026-3333".into()];
+    let ul = s.upsert_advisory(&late, t0() + Duration::hours(5)).await.unwrap();
+    let got = s.get_advisory(&ul.id).await.unwrap();
+    assert_eq!((got.revision, got.content.kev), (1, Some(early.listing.clone())));
+    // A revision that adds a listed CVE to an advisory picks the listing up too.
+    let mut other2 = other.clone();
+    other2.cves.push("CVE-2026-3333".into());
+    let uo2 = s.upsert_advisory(&other2, t0() + Duration::hours(6)).await.unwrap();
+    assert_eq!(uo2.change, Change::Revised);
+    assert_eq!(s.get_advisory(&uo.id).await.unwrap().content.kev, Some(early.listing));
+    // …and is found by the next listing of that CVE.
+    let relisted = kev("CVE-2026-9999", (2026, 1, 1), None);
+    let r = s.apply_kev(std::slice::from_ref(&relisted), t0() + Duration::hours(7)).await.unwrap();
+    assert_eq!(r.advisories, vec![uo.id.clone()], "earlier listing date wins for an advisory");
+    assert_eq!(s.get_advisory(&uo.id).await.unwrap().content.kev, Some(relisted.listing));
+}
 
 /// Console accounts: a password hash per analyst, sessions found by their hash until they
 /// expire, ended by signing out or by a new password; every change audited without secrets.

@@ -1,3 +1,4 @@
 pub mod csaf;
+pub mod kev;
 pub mod nvd;
 pub mod rss;

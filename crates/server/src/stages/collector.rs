@@ -19,6 +19,10 @@ pub struct CollectReport {
     pub revised: usize,
     pub unchanged: usize,
     pub refused: usize,
+    /// KEV listings new or changed in this run.
+    pub kev_listings: usize,
+    /// Advisories a KEV listing marked (each a new revision, assessed again).
+    pub kev_marked: usize,
 }
 
 pub fn runner(app: &App) -> anyhow::Result<Runner> {
@@ -34,14 +38,11 @@ pub fn runner(app: &App) -> anyhow::Result<Runner> {
 /// Makes `file:` feed URLs relative to the working directory absolute.
 pub fn resolve(app: &App, cfg: &FeedConfig) -> FeedConfig {
     let mut cfg = cfg.clone();
-    match &mut cfg {
-        FeedConfig::Rss(c) => {
-            if let Some(rest) = c.url.strip_prefix("file:")
-                && !rest.starts_with('/')
-            {
-                c.url = format!("file://{}", app.settings.path(rest).display());
-            }
-        }
+    let url = cfg.url_mut();
+    if let Some(rest) = url.strip_prefix("file:")
+        && !rest.starts_with('/')
+    {
+        *url = format!("file://{}", app.settings.path(rest).display());
     }
     cfg
 }
@@ -85,7 +86,20 @@ pub async fn collect_once(app: &App, runner: &Runner, feed: &dyn Feed) -> Result
                     }
                 }
             }
-            let items = (report.new + report.revised) as i64;
+            if !parsed.kev.is_empty() {
+                let applied = app.store.apply_kev(&parsed.kev, Utc::now()).await.map_err(|e| {
+                    let msg = format!("applying KEV listings: {e}");
+                    tracing::warn!(source.id = id, error = %msg, "feed store failed");
+                    msg
+                })?;
+                report.kev_listings = applied.new_entries + applied.changed_entries;
+                report.kev_marked = applied.advisories.len();
+                report.revised += applied.advisories.len();
+                for adv in &applied.advisories {
+                    tracing::info!(source.id = id, advisory.id = %adv, "advisory added to KEV: assessed again");
+                }
+            }
+            let items = (report.new + report.revised + report.kev_listings) as i64;
             app.store
                 .record_feed_success(id, Some((validators.etag, validators.last_modified)), items, Utc::now())
                 .await
@@ -98,6 +112,8 @@ pub async fn collect_once(app: &App, runner: &Runner, feed: &dyn Feed) -> Result
                 revised = report.revised,
                 unchanged = report.unchanged,
                 refused = report.refused,
+                kev_listings = report.kev_listings,
+                kev_marked = report.kev_marked,
                 "feed collected"
             );
         }
