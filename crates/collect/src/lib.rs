@@ -9,14 +9,14 @@
 //! `build()` match, so adding a feed type is one module and one match arm.
 //!
 //! ```
-//! use broadcast_collect::{Feed, FeedConfig};
+//! use broadcast_collect::{Feed, FeedConfig, Source};
 //! let cfg: FeedConfig = toml::from_str(r#"
 //!     type = "rss"
 //!     id = "ncsc"
 //!     url = "https://www.ncsc.gov.uk/api/1/services/v1/report-rss-feed.xml"
 //!     schedule = "0 */15 * * * *"
 //! "#).unwrap();
-//! let feed = cfg.build().unwrap();
+//! let Source::Feed(feed) = cfg.build().unwrap() else { unreachable!() };
 //! let parsed = feed.parse(br#"<rss version="2.0"><channel><title>t</title>
 //!     <item><title>CVE-2026-0001 in Widget</title><guid>a1</guid></item></channel></rss>"#).unwrap();
 //! assert_eq!(parsed.items[0].cves, vec!["CVE-2026-0001"]);
@@ -78,6 +78,49 @@ pub enum FeedConfig {
     Rss(feeds::rss::RssConfig),
     /// CISA's Known Exploited Vulnerabilities catalog (JSON).
     Kev(feeds::kev::KevConfig),
+    /// A CSAF 2.0 provider: provider-metadata.json, a ROLIE feed, or a directory.
+    Csaf(feeds::csaf_provider::CsafConfig),
+}
+
+/// A built feed: a one-request (or paged) [`Feed`], or a CSAF provider that lists and then
+/// fetches documents.
+pub enum Source {
+    Feed(Box<dyn Feed>),
+    Csaf(feeds::csaf_provider::CsafProvider),
+}
+
+impl Source {
+    pub fn id(&self) -> &str {
+        match self {
+            Source::Feed(f) => f.id(),
+            Source::Csaf(p) => p.id(),
+        }
+    }
+
+    /// One run. `cursor` is where an incremental feed got to; `progress(done, total)`
+    /// reports a long run's documents.
+    pub async fn run(
+        &self,
+        runner: &Runner,
+        validators: &Validators,
+        cursor: Option<&str>,
+        progress: &(dyn Fn(usize, usize) + Sync),
+    ) -> Result<FetchOutcome, FetchError> {
+        match self {
+            Source::Feed(f) => runner.run(f.as_ref(), validators).await,
+            Source::Csaf(p) => Ok(match p.run(runner, validators, cursor, progress).await? {
+                None => FetchOutcome::NotModified,
+                Some(r) => FetchOutcome::Fetched {
+                    parsed: r.parsed,
+                    validators: r.validators,
+                    bytes: r.bytes,
+                    pages: 1 + r.fetched,
+                    cursor: r.cursor,
+                    remaining: r.remaining,
+                },
+            }),
+        }
+    }
 }
 
 /// A configuration that cannot work, naming the feed and the key.
@@ -94,6 +137,7 @@ impl FeedConfig {
         match self {
             FeedConfig::Rss(c) => &c.id,
             FeedConfig::Kev(c) => &c.id,
+            FeedConfig::Csaf(c) => &c.id,
         }
     }
 
@@ -101,6 +145,7 @@ impl FeedConfig {
         match self {
             FeedConfig::Rss(c) => &c.schedule,
             FeedConfig::Kev(c) => &c.schedule,
+            FeedConfig::Csaf(c) => &c.schedule,
         }
     }
 
@@ -108,6 +153,7 @@ impl FeedConfig {
         match self {
             FeedConfig::Rss(c) => c.enabled,
             FeedConfig::Kev(c) => c.enabled,
+            FeedConfig::Csaf(c) => c.enabled,
         }
     }
 
@@ -116,6 +162,7 @@ impl FeedConfig {
         match self {
             FeedConfig::Rss(c) => &mut c.url,
             FeedConfig::Kev(c) => &mut c.url,
+            FeedConfig::Csaf(c) => &mut c.url,
         }
     }
 
@@ -132,7 +179,7 @@ impl FeedConfig {
     }
 
     /// Checks everything about the feed's configuration and builds it.
-    pub fn build(&self) -> Result<Box<dyn Feed>, ConfigError> {
+    pub fn build(&self) -> Result<Source, ConfigError> {
         if self.id().is_empty()
             || !self.id().bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_' || b == b'.')
         {
@@ -144,8 +191,9 @@ impl FeedConfig {
         }
         self.schedule()?;
         match self {
-            FeedConfig::Rss(c) => Ok(Box::new(feeds::rss::RssFeed::new(c)?)),
-            FeedConfig::Kev(c) => Ok(Box::new(feeds::kev::KevFeed::new(c)?)),
+            FeedConfig::Rss(c) => Ok(Source::Feed(Box::new(feeds::rss::RssFeed::new(c)?))),
+            FeedConfig::Kev(c) => Ok(Source::Feed(Box::new(feeds::kev::KevFeed::new(c)?))),
+            FeedConfig::Csaf(c) => Ok(Source::Csaf(feeds::csaf_provider::CsafProvider::new(c)?)),
         }
     }
 }

@@ -47,6 +47,10 @@ pub enum FetchOutcome {
         validators: Validators,
         bytes: usize,
         pages: usize,
+        /// An incremental feed's new cursor (None: keep the old one).
+        cursor: Option<String>,
+        /// Items the feed knows are still to fetch (a backfill in steps).
+        remaining: usize,
     },
 }
 
@@ -116,11 +120,18 @@ impl Runner {
                 None => break,
             }
         }
-        Ok(FetchOutcome::Fetched { parsed: all, validators: new_validators, bytes, pages })
+        Ok(FetchOutcome::Fetched {
+            parsed: all,
+            validators: new_validators,
+            bytes,
+            pages,
+            cursor: None,
+            remaining: 0,
+        })
     }
 
-    /// One request. `None` means not modified.
-    async fn fetch(
+    /// One request with this runner's limits. `None` means not modified.
+    pub async fn fetch(
         &self,
         req: &FeedRequest,
         validators: Option<&Validators>,

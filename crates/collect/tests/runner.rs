@@ -38,7 +38,10 @@ async fn serve(hits: Arc<AtomicUsize>) -> String {
 
 fn feed(url: &str) -> Box<dyn broadcast_collect::Feed> {
     let cfg: FeedConfig = toml::from_str(&format!("type = \"rss\"\nid = \"t\"\nurl = \"{url}\"")).unwrap();
-    cfg.build().unwrap()
+    match cfg.build().unwrap() {
+        broadcast_collect::Source::Feed(f) => f,
+        broadcast_collect::Source::Csaf(_) => unreachable!("an rss feed"),
+    }
 }
 
 #[tokio::test]
@@ -47,7 +50,7 @@ async fn conditional_get_uses_etag() {
     let base = serve(hits.clone()).await;
     let runner = Runner::new(RunnerConfig::default()).unwrap();
     let f = feed(&format!("{base}/feed.xml"));
-    let FetchOutcome::Fetched { parsed, validators, bytes, pages } =
+    let FetchOutcome::Fetched { parsed, validators, bytes, pages, .. } =
         runner.run(f.as_ref(), &Validators::default()).await.unwrap()
     else {
         panic!("expected a body")

@@ -752,9 +752,21 @@ async fn execute(cli: Cli) -> Result<()> {
             let cfg = crate::stages::collector::resolve(&app, cfg);
             let feed = cfg.build()?;
             let runner = crate::stages::collector::runner(&app)?;
-            let r = crate::stages::collector::collect_once(&app, &runner, feed.as_ref())
+            // A backfill shows its documents on a terminal (hidden when stderr is not one).
+            let bar = indicatif::ProgressBar::new(0).with_style(
+                indicatif::ProgressStyle::with_template("{msg} [{bar:30}] {pos}/{len} documents, {eta} left")
+                    .expect("static template")
+                    .progress_chars("=> "),
+            );
+            bar.set_message(once.clone());
+            let progress = |done: usize, total: usize| {
+                bar.set_length(total as u64);
+                bar.set_position(done as u64);
+            };
+            let r = crate::stages::collector::collect_once_with(&app, &runner, &feed, &progress)
                 .await
                 .map_err(anyhow::Error::msg)?;
+            bar.finish_and_clear();
             let assessed = crate::stages::triage::assess_pending(&app).await?;
             println!(
                 "{once}: {} new, {} revised, {} unchanged, {} refused{}{}; {assessed} assessed",
@@ -772,6 +784,12 @@ async fn execute(cli: Cli) -> Result<()> {
                 },
                 if r.not_modified { " (not modified)" } else { "" }
             );
+            if r.remaining > 0 {
+                println!(
+                    "{once}: {} more documents to fetch: run it again (or let the schedule)",
+                    r.remaining
+                );
+            }
         }
     }
     app.store.close().await;

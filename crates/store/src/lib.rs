@@ -262,6 +262,7 @@ const SQLITE_MIGRATIONS: &[(&str, &str)] = &[
     ("digests", include_str!("../migrations/sqlite/0008_digests.sql")),
     ("accounts", include_str!("../migrations/sqlite/0009_accounts.sql")),
     ("kev", include_str!("../migrations/sqlite/0010_kev.sql")),
+    ("feed cursor", include_str!("../migrations/sqlite/0011_feed_cursor.sql")),
 ];
 const POSTGRES_MIGRATIONS: &[(&str, &str)] = &[
     ("initial", include_str!("../migrations/postgres/0001_initial.sql")),
@@ -277,6 +278,7 @@ const POSTGRES_MIGRATIONS: &[(&str, &str)] = &[
     ("digests", include_str!("../migrations/postgres/0008_digests.sql")),
     ("accounts", include_str!("../migrations/postgres/0009_accounts.sql")),
     ("kev", include_str!("../migrations/postgres/0010_kev.sql")),
+    ("feed cursor", include_str!("../migrations/postgres/0011_feed_cursor.sql")),
 ];
 
 /// Whether a candidate list includes advisories triage found irrelevant.
@@ -358,6 +360,8 @@ pub struct FeedState {
     pub last_error: Option<String>,
     pub consecutive_failures: i32,
     pub items_seen: i64,
+    /// Where an incremental feed got to (feed-specific text).
+    pub cursor: Option<String>,
 }
 
 /// A completed transition and what it did to the outbox.
@@ -952,6 +956,18 @@ impl Store {
             .bind(feed_id).bind(etag).bind(last_modified).bind(now).bind(items).bind(replace)
             .execute(pool)
             .await?;
+            Ok(())
+        })
+    }
+
+    /// Stores an incremental feed's cursor (creating its state row if needed).
+    pub async fn set_feed_cursor(&self, feed_id: &str, cursor: Option<&str>) -> Result<()> {
+        dispatch!(self, pool => {
+            sqlx::query(
+                "INSERT INTO feed_state (feed_id, consecutive_failures, items_seen, cursor) VALUES ($1, 0, 0, $2)
+                 ON CONFLICT (feed_id) DO UPDATE SET cursor = excluded.cursor",
+            )
+            .bind(feed_id).bind(cursor).execute(pool).await?;
             Ok(())
         })
     }

@@ -3,7 +3,7 @@
 
 use crate::app::App;
 use crate::stages::sleep_or_shutdown;
-use broadcast_collect::{Feed, FeedConfig, FetchOutcome, Runner, RunnerConfig, Validators};
+use broadcast_collect::{FeedConfig, FetchOutcome, Runner, RunnerConfig, Source, Validators};
 use broadcast_store::Change;
 use chrono::Utc;
 use serde::Serialize;
@@ -23,6 +23,8 @@ pub struct CollectReport {
     pub kev_listings: usize,
     /// Advisories a KEV listing marked (each a new revision, assessed again).
     pub kev_marked: usize,
+    /// Documents still to fetch on later runs (a CSAF backfill in steps).
+    pub remaining: usize,
 }
 
 pub fn runner(app: &App) -> anyhow::Result<Runner> {
@@ -48,11 +50,21 @@ pub fn resolve(app: &App, cfg: &FeedConfig) -> FeedConfig {
 }
 
 /// Runs one feed once: fetch (conditionally), parse, store, record health.
-pub async fn collect_once(app: &App, runner: &Runner, feed: &dyn Feed) -> Result<CollectReport, String> {
+pub async fn collect_once(app: &App, runner: &Runner, feed: &Source) -> Result<CollectReport, String> {
+    collect_once_with(app, runner, feed, &|_, _| {}).await
+}
+
+/// [`collect_once`], reporting documents done as it goes (the CLI's progress bar).
+pub async fn collect_once_with(
+    app: &App,
+    runner: &Runner,
+    feed: &Source,
+    progress: &(dyn Fn(usize, usize) + Sync),
+) -> Result<CollectReport, String> {
     let id = feed.id();
     let state = app.store.feed_state(id).await.map_err(|e| e.to_string())?.unwrap_or_default();
     let validators = Validators { etag: state.etag, last_modified: state.last_modified };
-    let outcome = match runner.run(feed, &validators).await {
+    let outcome = match feed.run(runner, &validators, state.cursor.as_deref(), progress).await {
         Ok(o) => o,
         Err(e) => {
             let msg = e.to_string();
@@ -67,7 +79,8 @@ pub async fn collect_once(app: &App, runner: &Runner, feed: &dyn Feed) -> Result
             report.not_modified = true;
             app.store.record_feed_success(id, None, 0, Utc::now()).await.map_err(|e| e.to_string())?;
         }
-        FetchOutcome::Fetched { parsed, validators, bytes, pages } => {
+        FetchOutcome::Fetched { parsed, validators, bytes, pages, cursor, remaining } => {
+            report.remaining = remaining;
             for why in &parsed.refused {
                 tracing::warn!(source.id = id, reason = %why, "feed item refused");
             }
@@ -98,6 +111,9 @@ pub async fn collect_once(app: &App, runner: &Runner, feed: &dyn Feed) -> Result
                 for adv in &applied.advisories {
                     tracing::info!(source.id = id, advisory.id = %adv, "advisory added to KEV: assessed again");
                 }
+            }
+            if cursor.is_some() && cursor != state.cursor {
+                app.store.set_feed_cursor(id, cursor.as_deref()).await.map_err(|e| e.to_string())?;
             }
             let items = (report.new + report.revised + report.kev_listings) as i64;
             app.store
@@ -130,12 +146,12 @@ pub async fn run(app: App, shutdown: watch::Receiver<bool>) -> anyhow::Result<()
     let mut tasks = Vec::new();
     for cfg in app.settings.feeds.iter().filter(|f| f.enabled()) {
         let cfg = resolve(&app, cfg);
-        let feed: Arc<dyn Feed> = Arc::from(cfg.build()?);
+        let feed: Arc<Source> = Arc::new(cfg.build()?);
         let schedule = cfg.schedule()?;
         let (app, runner, mut shutdown) = (app.clone(), runner.clone(), shutdown.clone());
         tasks.push(tokio::spawn(async move {
             loop {
-                let _ = collect_once(&app, &runner, feed.as_ref()).await;
+                let _ = collect_once(&app, &runner, &feed).await;
                 let now = Utc::now();
                 let Some(next) = broadcast_collect::next_run(&schedule, now) else { break };
                 let wait = (next - now).to_std().unwrap_or(Duration::from_secs(1));
