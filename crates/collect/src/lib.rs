@@ -80,6 +80,8 @@ pub enum FeedConfig {
     Kev(feeds::kev::KevConfig),
     /// A CSAF 2.0 provider: provider-metadata.json, a ROLIE feed, or a directory.
     Csaf(feeds::csaf_provider::CsafConfig),
+    /// The NVD CVE API 2.0, incrementally by last-modified windows.
+    Nvd(feeds::nvd::NvdConfig),
 }
 
 /// A built feed: a one-request (or paged) [`Feed`], or a CSAF provider that lists and then
@@ -87,6 +89,7 @@ pub enum FeedConfig {
 pub enum Source {
     Feed(Box<dyn Feed>),
     Csaf(feeds::csaf_provider::CsafProvider),
+    Nvd(feeds::nvd::NvdFeed),
 }
 
 impl Source {
@@ -94,6 +97,7 @@ impl Source {
         match self {
             Source::Feed(f) => f.id(),
             Source::Csaf(p) => p.id(),
+            Source::Nvd(n) => n.id(),
         }
     }
 
@@ -119,6 +123,17 @@ impl Source {
                     remaining: r.remaining,
                 },
             }),
+            Source::Nvd(n) => {
+                let r = n.run(runner, cursor, Utc::now()).await?;
+                Ok(FetchOutcome::Fetched {
+                    parsed: r.parsed,
+                    validators: Validators::default(),
+                    bytes: r.bytes,
+                    pages: r.requests,
+                    cursor: r.cursor,
+                    remaining: r.remaining_windows,
+                })
+            }
         }
     }
 }
@@ -138,6 +153,7 @@ impl FeedConfig {
             FeedConfig::Rss(c) => &c.id,
             FeedConfig::Kev(c) => &c.id,
             FeedConfig::Csaf(c) => &c.id,
+            FeedConfig::Nvd(c) => &c.id,
         }
     }
 
@@ -146,6 +162,7 @@ impl FeedConfig {
             FeedConfig::Rss(c) => &c.schedule,
             FeedConfig::Kev(c) => &c.schedule,
             FeedConfig::Csaf(c) => &c.schedule,
+            FeedConfig::Nvd(c) => &c.schedule,
         }
     }
 
@@ -154,6 +171,7 @@ impl FeedConfig {
             FeedConfig::Rss(c) => c.enabled,
             FeedConfig::Kev(c) => c.enabled,
             FeedConfig::Csaf(c) => c.enabled,
+            FeedConfig::Nvd(c) => c.enabled,
         }
     }
 
@@ -163,6 +181,7 @@ impl FeedConfig {
             FeedConfig::Rss(c) => &mut c.url,
             FeedConfig::Kev(c) => &mut c.url,
             FeedConfig::Csaf(c) => &mut c.url,
+            FeedConfig::Nvd(c) => &mut c.url,
         }
     }
 
@@ -194,6 +213,7 @@ impl FeedConfig {
             FeedConfig::Rss(c) => Ok(Source::Feed(Box::new(feeds::rss::RssFeed::new(c)?))),
             FeedConfig::Kev(c) => Ok(Source::Feed(Box::new(feeds::kev::KevFeed::new(c)?))),
             FeedConfig::Csaf(c) => Ok(Source::Csaf(feeds::csaf_provider::CsafProvider::new(c)?)),
+            FeedConfig::Nvd(c) => Ok(Source::Nvd(feeds::nvd::NvdFeed::new(c)?)),
         }
     }
 }
