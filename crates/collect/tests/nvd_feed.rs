@@ -13,11 +13,13 @@ use serde_json::{Value, json};
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
+/// One request the double saw: window start and end, startIndex, apiKey header.
+type Seen = (DateTime<Utc>, DateTime<Utc>, usize, Option<String>);
+
 #[derive(Default)]
 struct Nvd {
     records: Vec<(DateTime<Utc>, Value)>,
-    /// (start, end, startIndex, apiKey)
-    seen: Vec<(DateTime<Utc>, DateTime<Utc>, usize, Option<String>)>,
+    seen: Vec<Seen>,
     fail_from: Option<DateTime<Utc>>,
 }
 
