@@ -29,6 +29,16 @@ async fn serve(hits: Arc<AtomicUsize>) -> String {
         )
         .route("/broken.xml", get(|| async { BROKEN }))
         .route("/big.xml", get(|| async { "x".repeat(300_000) }))
+        // 64 KB on the wire, 64 MB once decompressed.
+        .route(
+            "/bomb.xml",
+            get(|| async {
+                (
+                    [(header::CONTENT_ENCODING, "gzip"), (header::CONTENT_TYPE, "application/rss+xml")],
+                    include_bytes!("fixtures/zeros-64mb.xml.gz").as_slice(),
+                )
+            }),
+        )
         .route("/down.xml", get(|| async { StatusCode::SERVICE_UNAVAILABLE }));
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
@@ -71,6 +81,10 @@ async fn failures_name_the_url_and_the_cause() {
     assert!(err.to_string().contains("/broken.xml"), "{err}");
     let err =
         runner.run(feed(&format!("{base}/big.xml")).as_ref(), &Validators::default()).await.unwrap_err();
+    assert!(matches!(err, FetchError::TooLarge { limit: 200_000, .. }), "{err}");
+    // The cap applies to the decompressed body: a gzip bomb stops at the limit.
+    let err =
+        runner.run(feed(&format!("{base}/bomb.xml")).as_ref(), &Validators::default()).await.unwrap_err();
     assert!(matches!(err, FetchError::TooLarge { limit: 200_000, .. }), "{err}");
     let err =
         runner.run(feed(&format!("{base}/down.xml")).as_ref(), &Validators::default()).await.unwrap_err();

@@ -78,13 +78,64 @@ impl Feed for RssFeed {
     }
 }
 
+/// What is checked before a body reaches the XML parser: things that are not feeds get an
+/// error that says what they are, DTD entity declarations are refused (no expansion tricks),
+/// and a body that is not UTF-8 and declares no encoding is read as Windows-1252 (the
+/// usual culprit: ISO-8859-1 feeds without an XML declaration).
+fn preflight(body: &[u8]) -> Result<std::borrow::Cow<'_, [u8]>, ParseError> {
+    let head_len = body.len().min(64 * 1024);
+    let head = String::from_utf8_lossy(&body[..head_len]);
+    let trimmed = head.trim_start_matches('\u{feff}').trim_start();
+    // ASCII lower-casing keeps byte offsets, so positions found in `lower` index `trimmed`.
+    let lower = trimmed.to_ascii_lowercase();
+    if lower.is_empty() {
+        return Err(ParseError("empty body: not a feed".into()));
+    }
+    if lower.starts_with("<!doctype html") || lower.starts_with("<html") || lower.starts_with("<head") {
+        let title = match (lower.find("<title>"), lower.find("</title>")) {
+            (Some(a), Some(b)) if a + 7 <= b => format!(" (“{}”)", trimmed[a + 7..b].trim()),
+            _ => String::new(),
+        };
+        return Err(ParseError(format!(
+            "the server sent an HTML page{title}, not a feed: has the feed moved, or does it need a login?"
+        )));
+    }
+    if lower.contains("<cvrfdoc") || lower.contains(":cvrfdoc") {
+        return Err(ParseError(
+            "a CVRF 1.x document, not a feed: CVRF is not read on purpose (its publishers, MSRC and SUSE among them, publish CSAF 2.0 now; configure their CSAF provider, type = \"csaf\")".into(),
+        ));
+    }
+    if lower.contains("<!entity") {
+        return Err(ParseError("the document declares DTD entities: refused (no entity expansion)".into()));
+    }
+    let mut out = std::borrow::Cow::Borrowed(body);
+    if std::str::from_utf8(body).is_err() && !lower.split("?>").next().unwrap_or("").contains("encoding=") {
+        let (text, _, _) = encoding_rs::WINDOWS_1252.decode(body);
+        out = std::borrow::Cow::Owned(text.into_owned().into_bytes());
+    }
+    // `<rss>` without a version (seen in the wild) is RSS 2.0 to every reader but feed-rs.
+    if let Some(at) = find(&out, b"<rss>") {
+        let mut fixed = out.into_owned();
+        fixed.splice(at..at + 5, b"<rss version=\"2.0\">".iter().copied());
+        out = std::borrow::Cow::Owned(fixed);
+    }
+    Ok(out)
+}
+
+fn find(haystack: &[u8], needle: &[u8]) -> Option<usize> {
+    let limit = haystack.len().min(4096);
+    haystack[..limit].windows(needle.len()).position(|w| w == needle)
+}
+
 /// Parses an RSS/Atom/JSON Feed body into advisories from source `source`.
 pub fn parse_feed(source: &str, tlp: Tlp, body: &[u8]) -> Result<Parsed, ParseError> {
+    let body = preflight(body)?;
     let parser = feed_rs::parser::Builder::new()
         .id_generator(|links, _title, _base| links.first().map(|l| l.href.clone()).unwrap_or_default())
         .build();
-    let feed =
-        parser.parse(body).map_err(|e| ParseError(format!("not a readable RSS, Atom or JSON feed: {e}")))?;
+    let feed = parser
+        .parse(&body[..])
+        .map_err(|e| ParseError(format!("not a readable RSS, Atom or JSON feed: {e}")))?;
     let mut parsed = Parsed::default();
     for (n, entry) in feed.entries.into_iter().enumerate() {
         let title = entry.title.as_ref().map(|t| html_to_text(&t.content)).unwrap_or_default();
@@ -162,7 +213,7 @@ mod tests {
         let e = parse_feed("x", Tlp::Clear, TRUNCATED).unwrap_err();
         assert!(e.0.contains("not a readable"), "{e}");
         let e = parse_feed("x", Tlp::Clear, HTML_PAGE).unwrap_err();
-        assert!(e.0.contains("not a readable"), "{e}");
+        assert!(e.0.contains("an HTML page") && e.0.contains("not a feed"), "{e}");
         assert!(parse_feed("x", Tlp::Clear, b"").is_err());
     }
 
