@@ -1248,3 +1248,106 @@ async fn daily_digest_survives_a_restart_and_is_sent_once() {
     assert!(msg.header_raw("List-Unsubscribe").is_some());
     assert_eq!(seen.lock().unwrap().len(), 3, "webhooks were not held");
 }
+
+/// A fresh PostgreSQL database for one test; its URL.
+async fn fresh_postgres(tag: &str) -> (sqlx::PgPool, String, String) {
+    let admin_url = std::env::var("BROADCAST_TEST_POSTGRES_URL")
+        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".into());
+    let name = format!(
+        "bc_{tag}_{}_{}",
+        std::process::id(),
+        std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_millis()
+    );
+    let admin = sqlx::PgPool::connect(&admin_url)
+        .await
+        .unwrap_or_else(|e| panic!("PostgreSQL at {admin_url} is needed for this test: {e}"));
+    sqlx::query(sqlx::AssertSqlSafe(format!("CREATE DATABASE {name}"))).execute(&admin).await.unwrap();
+    let base = admin_url.rsplit_once('/').map(|(b, _)| b).unwrap().to_owned();
+    (admin, format!("{base}/{name}"), name)
+}
+
+/// Two nodes on one PostgreSQL, both with the collector role and the same feed every two
+/// seconds: the feed never runs on both at once (the source sees at most one request at a
+/// time, although each takes a second to answer), and it keeps running.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_nodes_never_run_a_feed_at_the_same_time() {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    let (now, max, total) =
+        (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0)));
+    let app = {
+        let (now, max, total) = (now.clone(), max.clone(), total.clone());
+        axum::Router::new().route(
+            "/slow.xml",
+            get(move || {
+                let (now, max, total) = (now.clone(), max.clone(), total.clone());
+                async move {
+                    total.fetch_add(1, Ordering::SeqCst);
+                    let n = now.fetch_add(1, Ordering::SeqCst) + 1;
+                    max.fetch_max(n, Ordering::SeqCst);
+                    tokio::time::sleep(Duration::from_millis(1200)).await;
+                    now.fetch_sub(1, Ordering::SeqCst);
+                    ([(header::CONTENT_TYPE, "application/rss+xml")], FEED)
+                }
+            }),
+        )
+    };
+    let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let feed_url = format!("http://{}/slow.xml", l.local_addr().unwrap());
+    tokio::spawn(async move { axum::serve(l, app).await.unwrap() });
+    let (admin, db_url, name) = fresh_postgres("lease").await;
+    let dir = tempfile::tempdir().unwrap();
+    let mut nodes = Vec::new();
+    for n in 0..2 {
+        let config = dir.path().join(format!("node{n}.toml"));
+        std::fs::write(
+            &config,
+            format!(
+                r#"
+[store]
+url = "{db_url}"
+[roles]
+api = false
+worker = false
+[security]
+link_secret = "lease-test-link-secret-0123456789abcdef"
+[bulletins]
+templates_dir = "{templates}"
+[triage]
+watchlist_file = "{watchlist}"
+[collect]
+jitter_secs = 0
+lease_secs = 5
+[[feeds]]
+type = "rss"
+id = "slow"
+url = "{feed_url}"
+schedule = "*/2 * * * * *"
+"#,
+                templates = repo().join("bulletin-templates").display(),
+                watchlist = repo().join("config/watchlist.toml").display(),
+            ),
+        )
+        .unwrap();
+        if n == 0 {
+            cli(&config, &["migrate"]);
+        }
+        let child = Command::new(broadcast_bin())
+            .arg("--config")
+            .arg(&config)
+            .arg("run")
+            .env("RUST_LOG", "warn")
+            .stdout(Stdio::null())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .unwrap();
+        nodes.push(Proc(child));
+    }
+    wait_for("four runs of the feed", 30, || async { (total.load(Ordering::SeqCst) >= 4).then_some(()) })
+        .await;
+    drop(nodes);
+    assert_eq!(max.load(Ordering::SeqCst), 1, "the feed ran on two nodes at once");
+    sqlx::query(sqlx::AssertSqlSafe(format!("DROP DATABASE {name} WITH (FORCE)")))
+        .execute(&admin)
+        .await
+        .unwrap();
+}

@@ -223,6 +223,38 @@ pub fn next_run(schedule: &cron::Schedule, after: DateTime<Utc>) -> Option<DateT
     schedule.after(&after).next()
 }
 
+/// How a feed is spaced: jitter on every run, and a growing wait after failures.
+#[derive(Clone, Copy, Debug)]
+pub struct Pacing {
+    /// Up to this much is added to every scheduled time (spreads feeds and nodes).
+    pub jitter: chrono::Duration,
+    /// After the first failure the feed waits at least this long, doubling with each
+    /// further failure…
+    pub backoff: chrono::Duration,
+    /// …up to this.
+    pub max_backoff: chrono::Duration,
+}
+
+/// When a feed runs next: the first scheduled time after `now` (after `now` plus the
+/// backoff when it has failed `failures` times in a row), plus `jitter_draw` (0.0–1.0) of
+/// the jitter. Pure.
+pub fn next_attempt(
+    schedule: &cron::Schedule,
+    now: DateTime<Utc>,
+    failures: u32,
+    pacing: &Pacing,
+    jitter_draw: f64,
+) -> Option<DateTime<Utc>> {
+    let earliest = if failures == 0 {
+        now
+    } else {
+        let factor = 2i32.saturating_pow(failures.saturating_sub(1).min(20));
+        now + (pacing.backoff * factor).min(pacing.max_backoff)
+    };
+    let jitter_ms = (pacing.jitter.num_milliseconds() as f64 * jitter_draw.clamp(0.0, 1.0)) as i64;
+    next_run(schedule, earliest).map(|t| t + chrono::Duration::milliseconds(jitter_ms))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -255,6 +287,29 @@ mod tests {
         let s = c.schedule().unwrap();
         let t = Utc.with_ymd_and_hms(2026, 1, 1, 10, 7, 30).unwrap();
         assert_eq!(next_run(&s, t), Some(Utc.with_ymd_and_hms(2026, 1, 1, 10, 15, 0).unwrap()));
+    }
+
+    #[test]
+    fn failures_back_off_and_jitter_stays_within_bounds() {
+        let s = cfg("schedule = \"0 */15 * * * *\"").unwrap().schedule().unwrap();
+        let p = Pacing {
+            jitter: chrono::Duration::seconds(30),
+            backoff: chrono::Duration::minutes(5),
+            max_backoff: chrono::Duration::hours(6),
+        };
+        let now = Utc.with_ymd_and_hms(2026, 1, 1, 10, 7, 30).unwrap();
+        let at = |h, m| Utc.with_ymd_and_hms(2026, 1, 1, h, m, 0).unwrap();
+        assert_eq!(next_attempt(&s, now, 0, &p, 0.0), Some(at(10, 15)), "on schedule");
+        assert_eq!(next_attempt(&s, now, 0, &p, 1.0), Some(at(10, 15) + chrono::Duration::seconds(30)));
+        // 1 failure: ≥ 5 min → 10:15; 2: ≥ 10 min → 10:30; 4: ≥ 40 min → 11:00; many: capped at 6 h.
+        assert_eq!(next_attempt(&s, now, 1, &p, 0.0), Some(at(10, 15)));
+        assert_eq!(next_attempt(&s, now, 2, &p, 0.0), Some(at(10, 30)));
+        assert_eq!(next_attempt(&s, now, 4, &p, 0.0), Some(at(11, 0)));
+        assert_eq!(next_attempt(&s, now, 40, &p, 0.0), Some(at(16, 15)));
+        for draw in [0.0, 0.3, 0.999, 7.0, -1.0] {
+            let t = next_attempt(&s, now, 0, &p, draw).unwrap();
+            assert!(t >= at(10, 15) && t <= at(10, 15) + chrono::Duration::seconds(30), "{draw}: {t}");
+        }
     }
 
     #[test]

@@ -732,7 +732,9 @@ async fn feeds(State(app): State<App>, _: Authed) -> ApiResult<Json<Value>> {
         .iter()
         .map(|f| {
             let st = states.iter().find(|s| s.feed_id == f.id());
-            json!({ "id": f.id(), "enabled": f.enabled(), "schedule": f.schedule_expr(), "state": st })
+            // Staleness: seconds since the last successful run (null: never succeeded).
+            let stale = st.and_then(|s| s.last_success).map(|t| (Utc::now() - t).num_seconds());
+            json!({ "id": f.id(), "enabled": f.enabled(), "schedule": f.schedule_expr(), "state": st, "stale_secs": stale })
         })
         .collect();
     Ok(Json(json!({ "feeds": feeds })))

@@ -24,6 +24,8 @@ pub struct App {
     pub wake_delivery: Arc<Notify>,
     /// Failed console sign-ins, per account and client address.
     pub signins: Arc<crate::console::SignInLimiter>,
+    /// This process, as a lease holder (feeds) among the nodes sharing the store.
+    pub node: Arc<str>,
 }
 
 impl App {
@@ -43,6 +45,7 @@ impl App {
             wake_triage: Arc::new(Notify::new()),
             wake_delivery: Arc::new(Notify::new()),
             signins: Arc::default(),
+            node: Arc::from(format!("node-{}", uuid::Uuid::now_v7().simple()).as_str()),
         })
     }
 

@@ -733,9 +733,11 @@ async fn execute(cli: Cli) -> Result<()> {
                             s.last_error.clone().unwrap_or_default()
                         ),
                         Some(s) => format!(
-                            "ok, last success {}, {} items",
+                            "ok, last success {} ({} ago), {} items{}",
                             s.last_success.map(|t| t.to_rfc3339()).unwrap_or_default(),
-                            s.items_seen
+                            s.last_success.map(|t| human_age(Utc::now() - t)).unwrap_or_default(),
+                            s.items_seen,
+                            s.cursor.as_deref().map(|c| format!(", cursor {c}")).unwrap_or_default()
                         ),
                     };
                     println!("{:<24} {:<16} {}", f.id(), f.schedule_expr(), health);
@@ -952,4 +954,13 @@ fn read_password() -> Result<(String, bool)> {
         );
     }
     Ok((pw, false))
+}
+
+/// `3 h`, `2 d`, `45 min`.
+fn human_age(d: chrono::Duration) -> String {
+    match d.num_minutes() {
+        m if m < 90 => format!("{} min", m.max(0)),
+        m if m < 48 * 60 => format!("{} h", m / 60),
+        m => format!("{} d", m / (24 * 60)),
+    }
 }

@@ -104,6 +104,26 @@ pub struct CollectSettings {
     pub timeout_secs: u64,
     pub connect_timeout_secs: u64,
     pub max_body_bytes: usize,
+    /// Up to this many seconds are added to each scheduled run.
+    pub jitter_secs: u64,
+    /// After a failure a feed waits at least this long, doubling per further failure…
+    pub backoff_secs: u64,
+    /// …up to this.
+    pub max_backoff_secs: u64,
+    /// A node running a feed holds a lease this long, renewed while it runs; another node
+    /// takes the feed over once a dead node's lease has run out.
+    pub lease_secs: u64,
+}
+
+impl CollectSettings {
+    pub fn pacing(&self) -> broadcast_collect::Pacing {
+        let secs = |s: u64| chrono::Duration::seconds(s as i64);
+        broadcast_collect::Pacing {
+            jitter: secs(self.jitter_secs),
+            backoff: secs(self.backoff_secs),
+            max_backoff: secs(self.max_backoff_secs),
+        }
+    }
 }
 
 #[derive(Clone, Debug, Deserialize)]

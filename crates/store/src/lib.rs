@@ -263,6 +263,7 @@ const SQLITE_MIGRATIONS: &[(&str, &str)] = &[
     ("accounts", include_str!("../migrations/sqlite/0009_accounts.sql")),
     ("kev", include_str!("../migrations/sqlite/0010_kev.sql")),
     ("feed cursor", include_str!("../migrations/sqlite/0011_feed_cursor.sql")),
+    ("feed leases", include_str!("../migrations/sqlite/0012_feed_leases.sql")),
 ];
 const POSTGRES_MIGRATIONS: &[(&str, &str)] = &[
     ("initial", include_str!("../migrations/postgres/0001_initial.sql")),
@@ -279,6 +280,7 @@ const POSTGRES_MIGRATIONS: &[(&str, &str)] = &[
     ("accounts", include_str!("../migrations/postgres/0009_accounts.sql")),
     ("kev", include_str!("../migrations/postgres/0010_kev.sql")),
     ("feed cursor", include_str!("../migrations/postgres/0011_feed_cursor.sql")),
+    ("feed leases", include_str!("../migrations/postgres/0012_feed_leases.sql")),
 ];
 
 /// Whether a candidate list includes advisories triage found irrelevant.
@@ -956,6 +958,38 @@ impl Store {
             .bind(feed_id).bind(etag).bind(last_modified).bind(now).bind(items).bind(replace)
             .execute(pool)
             .await?;
+            Ok(())
+        })
+    }
+
+    /// Takes (or renews) the lease on a feed for `holder` until `until`. True when `holder`
+    /// has it: nobody held it, the previous holder's lease ran out, or it is `holder`'s own.
+    pub async fn lease_feed(
+        &self,
+        feed_id: &str,
+        holder: &str,
+        now: DateTime<Utc>,
+        until: DateTime<Utc>,
+    ) -> Result<bool> {
+        let (now, until) = (db_time(now), db_time(until));
+        dispatch!(self, pool => {
+            let row: Option<(String,)> = sqlx::query_as(
+                "INSERT INTO feed_leases (feed_id, holder, until) VALUES ($1, $2, $3)
+                 ON CONFLICT (feed_id) DO UPDATE SET holder = excluded.holder, until = excluded.until
+                 WHERE feed_leases.holder = excluded.holder OR feed_leases.until < $4
+                 RETURNING holder",
+            )
+            .bind(feed_id).bind(holder).bind(until).bind(now)
+            .fetch_optional(pool).await?;
+            Ok(row.is_some())
+        })
+    }
+
+    /// Gives a feed's lease up (only `holder`'s own).
+    pub async fn release_feed(&self, feed_id: &str, holder: &str) -> Result<()> {
+        dispatch!(self, pool => {
+            sqlx::query("DELETE FROM feed_leases WHERE feed_id = $1 AND holder = $2")
+                .bind(feed_id).bind(holder).execute(pool).await?;
             Ok(())
         })
     }

@@ -139,7 +139,56 @@ conformance!(
     digests_hold_emails_not_webhooks,
     passwords_and_sessions,
     kev_marks_advisories_now_and_later,
+    one_node_runs_a_feed_at_a_time,
 );
+
+/// Feed leases: one holder at a time; its own renewal works; another node takes over only
+/// once the lease has run out; releasing frees it at once.
+async fn one_node_runs_a_feed_at_a_time(s: Store) {
+    let ttl = Duration::minutes(3);
+    assert!(s.lease_feed("nvd", "node-a", t0(), t0() + ttl).await.unwrap());
+    assert!(
+        !s.lease_feed("nvd", "node-b", t0() + Duration::minutes(1), t0() + Duration::minutes(4))
+            .await
+            .unwrap()
+    );
+    assert!(s.lease_feed("kev", "node-b", t0(), t0() + ttl).await.unwrap(), "other feeds are free");
+    // node-a renews while it runs.
+    assert!(
+        s.lease_feed("nvd", "node-a", t0() + Duration::minutes(2), t0() + Duration::minutes(5))
+            .await
+            .unwrap()
+    );
+    assert!(
+        !s.lease_feed("nvd", "node-b", t0() + Duration::minutes(4), t0() + Duration::minutes(7))
+            .await
+            .unwrap()
+    );
+    // node-a dies: after its lease runs out node-b takes over, and node-a's late renewal fails.
+    assert!(
+        s.lease_feed("nvd", "node-b", t0() + Duration::minutes(6), t0() + Duration::minutes(9))
+            .await
+            .unwrap()
+    );
+    assert!(
+        !s.lease_feed("nvd", "node-a", t0() + Duration::minutes(7), t0() + Duration::minutes(10))
+            .await
+            .unwrap()
+    );
+    // Releasing someone else's lease does nothing; one's own frees it.
+    s.release_feed("nvd", "node-a").await.unwrap();
+    assert!(
+        !s.lease_feed("nvd", "node-c", t0() + Duration::minutes(7), t0() + Duration::minutes(10))
+            .await
+            .unwrap()
+    );
+    s.release_feed("nvd", "node-b").await.unwrap();
+    assert!(
+        s.lease_feed("nvd", "node-c", t0() + Duration::minutes(7), t0() + Duration::minutes(10))
+            .await
+            .unwrap()
+    );
+}
 
 fn kev(cve: &str, added: (i32, u32, u32), due: Option<(i32, u32, u32)>) -> broadcast_core::KevEntry {
     let d = |(y, m, day): (i32, u32, u32)| chrono::NaiveDate::from_ymd_opt(y, m, day).unwrap();

@@ -150,12 +150,62 @@ pub async fn run(app: App, shutdown: watch::Receiver<bool>) -> anyhow::Result<()
         let schedule = cfg.schedule()?;
         let (app, runner, mut shutdown) = (app.clone(), runner.clone(), shutdown.clone());
         tasks.push(tokio::spawn(async move {
+            let id = feed.id().to_owned();
+            let pacing = app.settings.collect.pacing();
+            let ttl = chrono::Duration::seconds(app.settings.collect.lease_secs.max(3) as i64);
             loop {
-                let _ = collect_once(&app, &runner, &feed).await;
                 let now = Utc::now();
-                let Some(next) = broadcast_collect::next_run(&schedule, now) else { break };
+                let leased = app.store.lease_feed(&id, &app.node, now, now + ttl).await;
+                let held = matches!(leased, Ok(true));
+                match leased {
+                    Ok(true) => {
+                        // Renew while the run lasts; a dead node's lease runs out after `ttl`.
+                        let beat = {
+                            let (app, id) = (app.clone(), id.clone());
+                            tokio::spawn(async move {
+                                loop {
+                                    tokio::time::sleep((ttl / 3).to_std().unwrap_or(Duration::from_secs(1)))
+                                        .await;
+                                    let now = Utc::now();
+                                    if !app
+                                        .store
+                                        .lease_feed(&id, &app.node, now, now + ttl)
+                                        .await
+                                        .unwrap_or(false)
+                                    {
+                                        tracing::warn!(source.id = %id, "feed lease lost while running");
+                                    }
+                                }
+                            })
+                        };
+                        let _ = collect_once(&app, &runner, &feed).await;
+                        beat.abort();
+                    }
+                    Ok(false) => tracing::debug!(source.id = %id, "feed runs on another node this time"),
+                    Err(e) => tracing::warn!(source.id = %id, error = %e, "cannot take the feed lease"),
+                }
+                let failures = match app.store.feed_state(&id).await {
+                    Ok(Some(s)) => s.consecutive_failures.max(0) as u32,
+                    _ => 0,
+                };
+                let now = Utc::now();
+                let Some(next) =
+                    broadcast_collect::next_attempt(&schedule, now, failures, &pacing, rand::random::<f64>())
+                else {
+                    break;
+                };
+                if failures > 0 {
+                    tracing::info!(source.id = %id, failures, next = %next, "feed failing: backing off");
+                }
+                // Hold the lease through this slot, so no other node runs the feed again
+                // before the next one; it runs out just before then.
+                if held {
+                    let until = next - chrono::Duration::seconds(1);
+                    let _ = app.store.lease_feed(&id, &app.node, now, until.max(now)).await;
+                }
                 let wait = (next - now).to_std().unwrap_or(Duration::from_secs(1));
                 if sleep_or_shutdown(wait, &mut shutdown).await {
+                    let _ = app.store.release_feed(&id, &app.node).await;
                     break;
                 }
             }
