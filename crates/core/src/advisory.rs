@@ -91,6 +91,26 @@ pub struct AdvisoryContent {
     /// The source reports exploitation in the wild.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub exploited: bool,
+    /// Set when a partner organisation reported this as an incident (not a feed advisory).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub incident: Option<IncidentReport>,
+}
+
+/// Who reported an incident, and what they said beyond the title and description.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct IncidentReport {
+    pub org_id: String,
+    pub org_name: String,
+    /// `low`, `medium`, `high` or `critical`, as the reporter judged it.
+    #[serde(default)]
+    pub severity: Option<String>,
+    #[serde(default)]
+    pub occurred_at: Option<DateTime<Utc>>,
+    #[serde(default)]
+    pub affected_systems: Vec<String>,
+    /// How to reach the reporter (free text: name, phone, email).
+    #[serde(default)]
+    pub contact: Option<String>,
 }
 
 impl AdvisoryContent {
@@ -112,6 +132,7 @@ impl AdvisoryContent {
             sectors: Vec::new(),
             kev: None,
             exploited: false,
+            incident: None,
         }
     }
 

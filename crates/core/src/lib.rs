@@ -16,7 +16,9 @@ pub mod ids;
 pub mod subscriber;
 pub mod tlp;
 
-pub use advisory::{Advisory, AdvisoryContent, Affected, Cvss, KevEntry, KevListing, extract_cve_ids};
+pub use advisory::{
+    Advisory, AdvisoryContent, Affected, Cvss, IncidentReport, KevEntry, KevListing, extract_cve_ids,
+};
 pub use assessment::{Assessment, ThreatLevel, ThreatLevelError};
 pub use bulletin::{
     Action, Bulletin, BulletinContent, BulletinState, TransitionError, is_web_url, reference,

@@ -169,6 +169,8 @@ pub fn routes(app: App) -> Routes {
         .add(Api, M::PUT, "/api/organisations/{key}/digest", admin, "Daily digest hour, or immediate.", set_digest)
         .add(Api, M::POST, "/api/organisations/{key}/endpoints", admin, "Register a webhook endpoint (secret shown once).", add_endpoint)
         .add(Api, M::GET, "/api/feeds", analyst, "Feeds and their health.", feeds)
+        .add(Api, M::POST, "/api/incidents", Access::Partner, "A partner organisation reports an incident (its incident token); it enters triage, TLP:AMBER unless stated.", crate::incidents::submit)
+        .body(crate::incidents::schema())
         .add(Api, M::GET, "/api/webhooks/public-key", Public, "The ed25519 key `v1a` signatures verify with.", webhook_public_key)
         .add(Api, M::GET, "/unsubscribe", Public, "The unsubscribe page an email links to.", unsubscribe_page)
         .add(Api, M::POST, "/unsubscribe", Public, "One-click unsubscribe (RFC 8058).", unsubscribe_post);

@@ -287,6 +287,11 @@ pub enum OrgCmd {
         #[arg(long)]
         off: bool,
     },
+    /// Issue the organisation's token for reporting incidents (`POST /api/incidents`),
+    /// printed once; the previous one stops working.
+    IncidentToken {
+        org: String,
+    },
 }
 
 #[derive(Subcommand)]
@@ -597,6 +602,15 @@ async fn execute(cli: Cli) -> Result<()> {
                 } else {
                     println!("{} receives bulletins about: {}", o.name, o.interests.join(", "));
                 }
+            }
+            OrgCmd::IncidentToken { org } => {
+                let token = format!("bit_{}", crate::auth::generate_token().trim_start_matches("bct_"));
+                let o = app
+                    .store
+                    .set_org_incident_token(&org, &crate::auth::hash_token(&token), "operator", now)
+                    .await?;
+                eprintln!("incident token for {} (shown once; the previous one no longer works):", o.name);
+                println!("{token}");
             }
             OrgCmd::Digest { org, hour, off: _ } => {
                 let o = app.store.set_organisation_digest(&org, hour, "operator", now).await?;

@@ -12,6 +12,7 @@ pub mod cli;
 pub mod config;
 pub mod console;
 pub mod delivery_bench;
+pub mod incidents;
 pub mod routes;
 pub mod seed;
 pub mod stages;

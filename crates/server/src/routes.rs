@@ -23,6 +23,8 @@ pub enum Access {
     Public,
     /// A signed-in user with at least this role.
     Least(Role),
+    /// A partner organisation, with its incident-API token (not an analyst's).
+    Partner,
 }
 
 /// Which part of the server a route belongs to: how it authenticates and how it refuses.
@@ -42,11 +44,17 @@ pub struct RouteSpec {
     pub access: Access,
     pub surface: Surface,
     pub summary: &'static str,
+    /// The JSON Schema of the request body, when the route documents one.
+    pub body_schema: Option<Value>,
 }
 
 /// The signed-in user a guard let through, for handlers to read.
 #[derive(Clone, Debug)]
 pub struct CurrentUser(pub Analyst);
+
+/// The partner organisation a guard let through (incident reports).
+#[derive(Clone, Debug)]
+pub struct CurrentOrg(pub broadcast_core::Organisation);
 
 /// The console session a guard let through (the CSRF token goes into every form).
 #[derive(Clone, Debug)]
@@ -81,7 +89,7 @@ impl Routes {
         T: 'static,
     {
         let filter = MethodFilter::try_from(method.clone()).expect("a standard method");
-        let spec = RouteSpec { method, path, access, surface, summary };
+        let spec = RouteSpec { method, path, access, surface, summary, body_schema: None };
         let guard_state = (self.app.clone(), spec.clone());
         let route = on(filter, handler).route_layer(axum::middleware::from_fn_with_state(guard_state, guard));
         self.router = self.router.route(path, route);
@@ -93,6 +101,14 @@ impl Routes {
         &self.specs
     }
 
+    /// Documents the body of the route added last (its JSON Schema, for the OpenAPI document).
+    pub fn body(mut self, schema: Value) -> Routes {
+        if let Some(last) = self.specs.last_mut() {
+            last.body_schema = Some(schema);
+        }
+        self
+    }
+
     /// The router, with `/api/openapi.json` describing every route registered.
     pub fn finish(self) -> (Router<App>, Vec<RouteSpec>) {
         let mut specs = self.specs;
@@ -102,6 +118,7 @@ impl Routes {
             access: Access::Public,
             surface: Surface::Api,
             summary: "This OpenAPI 3.1 document.",
+            body_schema: None,
         };
         specs.push(openapi_spec);
         let doc = openapi(&specs);
@@ -121,12 +138,14 @@ async fn guard(State((app, spec)): State<(App, RouteSpec)>, mut req: Request, ne
     if spec.surface == Surface::Console {
         let least = match spec.access {
             Access::Least(r) => r,
-            Access::Public => Role::Analyst,
+            Access::Public | Access::Partner => Role::Analyst,
         };
         return crate::console::guard(app, spec, least, req, next).await;
     }
-    let Access::Least(least) = spec.access else {
-        return next.run(req).await;
+    let least = match spec.access {
+        Access::Public => return next.run(req).await,
+        Access::Partner => return partner(app, req, next).await,
+        Access::Least(least) => least,
     };
     let token = req
         .headers()
@@ -156,6 +175,41 @@ async fn guard(State((app, spec)): State<(App, RouteSpec)>, mut req: Request, ne
     next.run(req).await
 }
 
+fn bearer(req: &Request) -> Option<String> {
+    req.headers()
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .map(str::trim)
+        .filter(|t| !t.is_empty())
+        .map(str::to_owned)
+}
+
+/// Partner routes take an organisation's incident token; an analyst's token is refused
+/// with a 403 that says which token is needed.
+async fn partner(app: App, mut req: Request, next: Next) -> Response {
+    let Some(token) = bearer(&req) else {
+        return crate::api::ApiError::Unauthorized.into_response();
+    };
+    let hash = crate::auth::hash_token(&token);
+    match app.store.org_by_incident_token(&hash).await {
+        Ok(Some(org)) => {
+            req.extensions_mut().insert(CurrentOrg(org));
+            next.run(req).await
+        }
+        Ok(None) => match app.store.analyst_by_token_hash(&hash).await {
+            Ok(Some(a)) => crate::api::ApiError::Forbidden(format!(
+                "{} is an analyst: incident reports take the organisation's incident token (broadcast org incident-token)",
+                a.name
+            ))
+            .into_response(),
+            Ok(None) => crate::api::ApiError::Unauthorized.into_response(),
+            Err(e) => crate::api::ApiError::from(e).into_response(),
+        },
+        Err(e) => crate::api::ApiError::from(e).into_response(),
+    }
+}
+
 /// The OpenAPI 3.1 document for the JSON API and the public endpoints (the console's HTML
 /// pages are not an API and are left out).
 pub fn openapi(specs: &[RouteSpec]) -> Value {
@@ -182,11 +236,18 @@ pub fn openapi(specs: &[RouteSpec]) -> Value {
                 op["responses"]["403"] =
                     json!({ "description": format!("The token's user has a role below {role}.") });
             }
+            Access::Partner => {
+                op["security"] = json!([{ "bearerAuth": [] }]);
+                op["x-minimum-role"] = json!("partner");
+                op["responses"]["401"] = json!({ "description": "Missing or unknown incident token." });
+                op["responses"]["403"] = json!({ "description": "An analyst's token: this route takes an organisation's incident token." });
+            }
         }
         if matches!(s.method, Method::POST | Method::PUT) && s.path.starts_with("/api/") {
+            let schema = s.body_schema.clone().unwrap_or_else(|| json!({ "type": "object" }));
             op["requestBody"] = json!({
-                "required": false,
-                "content": { "application/json": { "schema": { "type": "object" } } },
+                "required": s.body_schema.is_some(),
+                "content": { "application/json": { "schema": schema } },
             });
             op["responses"]["422"] =
                 json!({ "description": "The body or a parameter is not valid; the message names it." });

@@ -124,6 +124,16 @@ async fn every_route_enforces_its_role() {
                         o.status
                     );
                 }
+                (Access::Partner, None) => {
+                    assert_eq!(o.status, StatusCode::UNAUTHORIZED, "{route} without a token")
+                }
+                (Access::Partner, Some(role)) => {
+                    assert_eq!(
+                        o.status,
+                        StatusCode::FORBIDDEN,
+                        "{route} takes an incident token, not {role}'s"
+                    )
+                }
                 (Access::Least(_), None) => match spec.surface {
                     Surface::Api => assert_eq!(o.status, StatusCode::UNAUTHORIZED, "{route} without a token"),
                     Surface::Console => {
@@ -152,6 +162,141 @@ async fn every_route_enforces_its_role() {
         }
     }
     assert_eq!(checked, specs.len() * 4);
+    // Partner routes with an organisation's incident token get through the guard.
+    let org = app
+        .store
+        .create_organisation(
+            "Partner Trust",
+            broadcast_core::Tlp::Amber,
+            broadcast_core::ThreatLevel::Information,
+            Utc::now(),
+        )
+        .await
+        .unwrap();
+    app.store
+        .set_org_incident_token(
+            org.id.as_str(),
+            &broadcast_server::auth::hash_token("partner-token"),
+            "test",
+            Utc::now(),
+        )
+        .await
+        .unwrap();
+    for spec in specs.iter().filter(|s| s.access == Access::Partner) {
+        let resp = broadcast_server::api::router(app.clone())
+            .oneshot(
+                Request::builder()
+                    .method(spec.method.clone())
+                    .uri(concrete(spec.path))
+                    .header(header::AUTHORIZATION, "Bearer partner-token")
+                    .header(header::CONTENT_TYPE, "application/json")
+                    .body(Body::from("{}"))
+                    .unwrap(),
+            )
+            .await
+            .unwrap();
+        assert!(
+            resp.status() != StatusCode::UNAUTHORIZED && resp.status() != StatusCode::FORBIDDEN,
+            "{} {} refused the partner: {}",
+            spec.method,
+            spec.path,
+            resp.status()
+        );
+    }
+}
+
+async fn post_incident(app: &App, token: &str, body: serde_json::Value) -> (StatusCode, serde_json::Value) {
+    let resp = broadcast_server::api::router(app.clone())
+        .oneshot(
+            Request::post("/api/incidents")
+                .header(header::AUTHORIZATION, format!("Bearer {token}"))
+                .header(header::CONTENT_TYPE, "application/json")
+                .body(Body::from(body.to_string()))
+                .unwrap(),
+        )
+        .await
+        .unwrap();
+    let status = resp.status();
+    let v = serde_json::from_slice(&axum::body::to_bytes(resp.into_body(), 1 << 20).await.unwrap()).unwrap();
+    (status, v)
+}
+
+/// A partner reports an incident with its own token: it is stored as an incident advisory,
+/// TLP:AMBER unless stated, and triage puts it in front of an analyst. Bad reports are
+/// refused naming the field; resending the same reference updates the report.
+#[tokio::test]
+async fn partners_report_incidents_that_enter_triage() {
+    let dir = tempfile::tempdir().unwrap();
+    let app = app(dir.path()).await;
+    let org = app
+        .store
+        .create_organisation(
+            "Riverside GP",
+            broadcast_core::Tlp::Amber,
+            broadcast_core::ThreatLevel::Information,
+            Utc::now(),
+        )
+        .await
+        .unwrap();
+    app.store
+        .set_org_incident_token(
+            "Riverside GP",
+            &broadcast_server::auth::hash_token("bit_riverside"),
+            "test",
+            Utc::now(),
+        )
+        .await
+        .unwrap();
+    let report = serde_json::json!({
+        "title": "Ransomware on the practice file server",
+        "description": "Files encrypted overnight; exploited CVE-2024-1709 on the remote-support server.",
+        "severity": "high", "affected_systems": ["EMIS Web client PCs"], "contact": "Practice manager, 01234 567890",
+        "reference": "RGP-7",
+    });
+    let (s, v) = post_incident(&app, "bit_riverside", report.clone()).await;
+    assert_eq!(s, StatusCode::CREATED, "{v}");
+    assert_eq!(v["tlp"], "AMBER", "AMBER unless stated");
+    let id: broadcast_core::AdvisoryId = v["advisory_id"].as_str().unwrap().parse().unwrap();
+    let adv = app.store.get_advisory(&id).await.unwrap();
+    assert_eq!(adv.content.source, "incidents");
+    assert_eq!(adv.content.title, "Incident at Riverside GP: Ransomware on the practice file server");
+    assert_eq!(adv.content.cves, ["CVE-2024-1709"]);
+    let inc = adv.content.incident.as_ref().unwrap();
+    assert_eq!((inc.org_id.as_str(), inc.severity.as_deref()), (org.id.as_str(), Some("high")));
+    broadcast_server::stages::triage::assess_pending(&app).await.unwrap();
+    let c = app.store.candidate(&id).await.unwrap().expect("assessed");
+    assert!(c.assessment.relevant);
+    assert_eq!(c.assessment.threat_level, broadcast_core::ThreatLevel::High);
+    assert!(
+        c.assessment.reasons[0].starts_with("incident reported by Riverside GP"),
+        "{:?}",
+        c.assessment.reasons
+    );
+
+    // The same reference again, updated: a new revision of the same advisory.
+    let mut update = report.clone();
+    update["description"] = "Contained; two PCs rebuilt.".into();
+    let (s, v) = post_incident(&app, "bit_riverside", update).await;
+    assert_eq!((s, v["revision"].as_i64()), (StatusCode::OK, Some(2)), "{v}");
+    assert_eq!(v["advisory_id"], id.to_string());
+
+    for (body, field) in [
+        (serde_json::json!({ "title": "x" }), "description"),
+        (serde_json::json!({ "title": "", "description": "d" }), "title"),
+        (serde_json::json!({ "title": "t", "description": "d", "severity": "apocalyptic" }), "severity"),
+        (serde_json::json!({ "title": "t", "description": "d", "tlp": "BLUE" }), "tlp"),
+        (serde_json::json!({ "title": "t", "description": "d", "cves": ["CVE-12"] }), "cves"),
+        (serde_json::json!({ "title": "t", "description": "d", "colour": "red" }), "colour"),
+    ] {
+        let (s, v) = post_incident(&app, "bit_riverside", body).await;
+        assert_eq!(s, StatusCode::UNPROCESSABLE_ENTITY, "{v}");
+        assert!(v["error"].as_str().unwrap().contains(field), "{field}: {v}");
+    }
+    let (s, _) = post_incident(&app, "bit_wrong", report.clone()).await;
+    assert_eq!(s, StatusCode::UNAUTHORIZED);
+    let (s, v) = post_incident(&app, "token-admin", report).await;
+    assert_eq!(s, StatusCode::FORBIDDEN);
+    assert!(v["error"].as_str().unwrap().contains("incident token"), "{v}");
 }
 
 #[tokio::test]
@@ -175,6 +320,10 @@ async fn the_openapi_document_lists_every_api_route() {
         match s.access {
             Access::Public => assert_eq!(op["security"], serde_json::json!([])),
             Access::Least(role) => assert_eq!(op["x-minimum-role"], role.as_str()),
+            Access::Partner => assert_eq!(op["x-minimum-role"], "partner"),
+        }
+        if let Some(schema) = &s.body_schema {
+            assert_eq!(&op["requestBody"]["content"]["application/json"]["schema"], schema, "{}", s.path);
         }
         let params = s.path.matches('{').count();
         assert_eq!(op["parameters"].as_array().unwrap().len(), params, "{}", s.path);

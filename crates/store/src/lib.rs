@@ -264,6 +264,7 @@ const SQLITE_MIGRATIONS: &[(&str, &str)] = &[
     ("kev", include_str!("../migrations/sqlite/0010_kev.sql")),
     ("feed cursor", include_str!("../migrations/sqlite/0011_feed_cursor.sql")),
     ("feed leases", include_str!("../migrations/sqlite/0012_feed_leases.sql")),
+    ("incident tokens", include_str!("../migrations/sqlite/0013_incident_tokens.sql")),
 ];
 const POSTGRES_MIGRATIONS: &[(&str, &str)] = &[
     ("initial", include_str!("../migrations/postgres/0001_initial.sql")),
@@ -281,6 +282,7 @@ const POSTGRES_MIGRATIONS: &[(&str, &str)] = &[
     ("kev", include_str!("../migrations/postgres/0010_kev.sql")),
     ("feed cursor", include_str!("../migrations/postgres/0011_feed_cursor.sql")),
     ("feed leases", include_str!("../migrations/postgres/0012_feed_leases.sql")),
+    ("incident tokens", include_str!("../migrations/postgres/0013_incident_tokens.sql")),
 ];
 
 /// Whether a candidate list includes advisories triage found irrelevant.
@@ -1430,6 +1432,40 @@ impl Store {
     }
 
     /// Finds an organisation by id or exact name.
+    /// Gives an organisation a new incident-API token (stored hashed; the old one stops
+    /// working). Audited without the token.
+    pub async fn set_org_incident_token(
+        &self,
+        key: &str,
+        token_hash: &str,
+        actor: &str,
+        now: DateTime<Utc>,
+    ) -> Result<Organisation> {
+        let org = self.get_organisation(key).await?;
+        let now = db_time(now);
+        dispatch!(self, pool => {
+            let mut tx = pool.begin_write().await?;
+            sqlx::query("UPDATE organisations SET incident_token_hash = $1 WHERE id = $2")
+                .bind(token_hash).bind(org.id.as_str()).execute(&mut *tx).await?;
+            audit!(tx, actor, "organisation.incident_token", org.id, "{}".to_owned(), now);
+            tx.commit().await?;
+            Ok::<(), StoreError>(())
+        })?;
+        Ok(org)
+    }
+
+    /// The organisation an incident-API token belongs to.
+    pub async fn org_by_incident_token(&self, token_hash: &str) -> Result<Option<Organisation>> {
+        let id: Option<(String,)> = dispatch!(self, pool => {
+            sqlx::query_as("SELECT id FROM organisations WHERE incident_token_hash = $1")
+                .bind(token_hash).fetch_optional(pool).await?
+        });
+        match id {
+            Some((id,)) => Ok(Some(self.get_organisation(&id).await?)),
+            None => Ok(None),
+        }
+    }
+
     pub async fn get_organisation(&self, key: &str) -> Result<Organisation> {
         dispatch!(self, pool => {
             let row: Option<OrgRow> = sqlx::query_as("SELECT * FROM organisations WHERE id = $1 OR name = $1")

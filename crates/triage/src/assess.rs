@@ -386,7 +386,24 @@ pub fn assess(adv: &Advisory, rules: &Rules, now: DateTime<Utc>) -> Assessment {
     }
 
     let exploited = c.exploited || c.kev.is_some();
-    let relevant = health * age_factor >= rules.tuning.relevance_threshold;
+    let mut relevant = health * age_factor >= rules.tuning.relevance_threshold;
+    let mut level = threat_level(cvss.map(|s| s.score), exploited);
+    let mut score = ((health + urgency) * age_factor * 100.0).round() / 100.0;
+    // A partner's incident report always reaches an analyst, at the top of the queue.
+    if let Some(i) = &c.incident {
+        relevant = true;
+        score += 10.0;
+        reasons.insert(
+            0,
+            format!("incident reported by {}: partner reports always go to an analyst", i.org_name),
+        );
+        level = match i.severity.as_deref() {
+            Some("critical" | "high") => ThreatLevel::High,
+            Some("medium") => ThreatLevel::Medium,
+            Some("low") => level.max(ThreatLevel::Low),
+            _ => level.max(ThreatLevel::Medium),
+        };
+    }
     if !relevant {
         reasons.insert(
             0,
@@ -401,8 +418,8 @@ pub fn assess(adv: &Advisory, rules: &Rules, now: DateTime<Utc>) -> Assessment {
         advisory_id: adv.id.clone(),
         advisory_revision: adv.revision,
         relevant,
-        threat_level: threat_level(cvss.map(|s| s.score), exploited),
-        score: ((health + urgency) * age_factor * 100.0).round() / 100.0,
+        threat_level: level,
+        score,
         reasons,
     }
 }

@@ -285,6 +285,29 @@ mod tests {
     }
 
     #[test]
+    fn partner_incidents_always_reach_an_analyst() {
+        let r = rules();
+        let mut a = adv("Ransomware on the pharmacy file server", "Files encrypted overnight.", None);
+        let quiet = assess(&a, &r, now());
+        assert!(!quiet.relevant, "as plain text it would not be relevant: {:?}", quiet.reasons);
+        a.content.incident = Some(broadcast_core::IncidentReport {
+            org_id: "org_x".into(),
+            org_name: "Riverside GP".into(),
+            severity: Some("high".into()),
+            occurred_at: None,
+            affected_systems: vec![],
+            contact: None,
+        });
+        let v = assess(&a, &r, now());
+        assert!(v.relevant);
+        assert_eq!(v.threat_level, ThreatLevel::High);
+        assert!(v.score >= quiet.score + 10.0);
+        assert!(v.reasons[0].starts_with("incident reported by Riverside GP"), "{:?}", v.reasons);
+        a.content.incident.as_mut().unwrap().severity = None;
+        assert_eq!(assess(&a, &r, now()).threat_level, ThreatLevel::Medium, "unstated: at least medium");
+    }
+
+    #[test]
     fn kev_exploitation_and_cvss_reasons() {
         let r = rules();
         let mut a = adv("Baxter infusion pump", "", None);

@@ -135,6 +135,7 @@ pub async fn queue(
                 "relevant": c.assessment.relevant, "reasons": c.assessment.reasons,
                 "vendors": vendors.join(", "), "cves": a.content.cves, "changed": a.last_changed.format("%Y-%m-%d %H:%M").to_string(),
                 "kev": a.content.kev.is_some(), "overridden": c.override_info.is_some(),
+                "incident": a.content.incident.is_some(),
             })
         })
         .collect();
