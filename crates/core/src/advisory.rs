@@ -136,6 +136,80 @@ impl AdvisoryContent {
         }
     }
 
+    /// What changed since `old`, in words for an analyst: "CVSS 7.5 → 9.8", "added to KEV",
+    /// "new affected product: Acme Pump".
+    pub fn changes_since(&self, old: &AdvisoryContent) -> Vec<String> {
+        let mut out = Vec::new();
+        if old.title != self.title {
+            out.push(format!("title changed to “{}”", self.title));
+        }
+        let score = |c: &AdvisoryContent| c.cvss.as_ref().map(|v| v.score);
+        match (score(old), score(self)) {
+            (Some(a), Some(b)) if (a - b).abs() > f64::EPSILON => out.push(format!("CVSS {a:.1} → {b:.1}")),
+            (None, Some(b)) => out.push(format!("CVSS {b:.1} added")),
+            (Some(a), None) => out.push(format!("CVSS {a:.1} removed")),
+            _ => {}
+        }
+        for cve in self.cves.iter().filter(|c| !old.cves.contains(c)) {
+            out.push(format!("{cve} added"));
+        }
+        for a in self.affected.iter().filter(|a| !old.affected.contains(a)) {
+            out.push(format!("new affected product: {} {}", a.vendor, a.product).trim_end().to_owned());
+        }
+        match (&old.kev, &self.kev) {
+            (None, Some(_)) => out.push("added to KEV".into()),
+            (Some(a), Some(b)) if a.due_date != b.due_date => out.push("KEV due date changed".into()),
+            _ => {}
+        }
+        if !old.exploited && self.exploited {
+            out.push("now reported exploited".into());
+        }
+        if old.summary != self.summary {
+            out.push("summary edited".into());
+        }
+        if old.references.len() != self.references.len() {
+            out.push(format!("references {} → {}", old.references.len(), self.references.len()));
+        }
+        if out.is_empty() {
+            out.push("minor changes".into());
+        }
+        out
+    }
+
+    /// The identifiers that say which real issue this record is about. Two records with a
+    /// key in common are the same issue (see docs/COLLECTORS.md, "One advisory per issue"):
+    ///
+    /// - the record's own id when it is an advisory id (ICSMA-24-200-01, CVE-2024-1234,
+    ///   GHSA-…, ALAS-2018-1106, cisco-sa-…), not a URL or a bare number;
+    /// - GHSA ids it names;
+    /// - its CVE id only when it is about exactly one CVE. A bulletin listing several CVEs
+    ///   (often a bundled component's) does not claim to *be* any of them, so two bulletins
+    ///   sharing a component's CVE never fuse, and nothing merges transitively through them.
+    pub fn identity_keys(&self) -> Vec<String> {
+        let mut keys = Vec::new();
+        let own = self.external_id.trim().to_ascii_uppercase();
+        let looks_like_id = (6..=64).contains(&own.len())
+            && own.starts_with(|c: char| c.is_ascii_alphabetic())
+            && own.contains('-')
+            && own.bytes().any(|b| b.is_ascii_digit())
+            && own.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b':' | b'.' | b'_'));
+        if looks_like_id && !own.starts_with("HTTP") {
+            keys.push(own);
+        }
+        let text = format!("{} {} {}", self.external_id, self.title, self.summary);
+        for g in find_ghsa_ids(&text) {
+            if !keys.contains(&g) {
+                keys.push(g);
+            }
+        }
+        if let [only] = self.cves.as_slice()
+            && !keys.contains(only)
+        {
+            keys.push(only.clone());
+        }
+        keys
+    }
+
     /// Checks the invariants every stored advisory must meet. Feeds call this so that a
     /// malformed item is refused with a reason instead of being stored half-way.
     pub fn validate(&self) -> Result<(), String> {
@@ -167,6 +241,30 @@ pub struct Advisory {
     pub last_changed: DateTime<Utc>,
     #[serde(flatten)]
     pub content: AdvisoryContent,
+}
+
+/// GHSA ids (`GHSA-xxxx-xxxx-xxxx`) in text, upper-cased.
+pub fn find_ghsa_ids(text: &str) -> Vec<String> {
+    let mut out: Vec<String> = Vec::new();
+    let upper = text.to_ascii_uppercase();
+    let b = upper.as_bytes();
+    let mut i = 0;
+    while let Some(pos) = upper[i..].find("GHSA-") {
+        let start = i + pos;
+        let end = start + 19;
+        if end <= b.len() {
+            let cand = &upper[start..end];
+            let parts: Vec<&str> = cand[5..].split('-').collect();
+            let ok = parts.len() == 3
+                && parts.iter().all(|p| p.len() == 4 && p.bytes().all(|c| c.is_ascii_alphanumeric()))
+                && b.get(end).is_none_or(|c| !c.is_ascii_alphanumeric());
+            if ok && !out.iter().any(|o| o == cand) {
+                out.push(cand.to_owned());
+            }
+        }
+        i = start + 5;
+    }
+    out
 }
 
 /// Finds CVE identifiers (`CVE-YYYY-NNNN…`) in free text, upper-cased, de-duplicated, in
@@ -213,6 +311,43 @@ mod tests {
         assert!(extract_cve_ids("").is_empty());
         assert_eq!(extract_cve_ids("CVE-2021-44228"), vec!["CVE-2021-44228"]);
         assert!(extract_cve_ids("CVE-2021-123").is_empty());
+    }
+
+    #[test]
+    fn identity_keys_follow_the_join_rule() {
+        let mut csaf = AdvisoryContent::new("csaf", "ICSMA-24-200-01", "Pump");
+        csaf.cves = vec!["CVE-2024-0001".into()];
+        assert_eq!(csaf.identity_keys(), ["ICSMA-24-200-01", "CVE-2024-0001"]);
+        let mut bundle = AdvisoryContent::new("vendor", "https://vendor.example/sa/10", "OpenSSL update");
+        bundle.cves = vec!["CVE-2024-0001".into(), "CVE-2024-0009".into()];
+        assert!(bundle.identity_keys().is_empty(), "URL ids and a CVE list are not identities");
+        let mut osv = AdvisoryContent::new("osv", "GHSA-abcd-1234-wxyz", "lib");
+        osv.summary = "also GHSA-abcd-1234-wxyz and GHSA-zzzz-9999-yyyy; not GHSA-short".into();
+        assert_eq!(osv.identity_keys(), ["GHSA-ABCD-1234-WXYZ", "GHSA-ZZZZ-9999-YYYY"]);
+        assert!(
+            AdvisoryContent::new("rss", "12345", "x").identity_keys().is_empty(),
+            "bare numbers are not ids"
+        );
+        assert_eq!(find_ghsa_ids("ghsa-abcd-1234-wxyzq"), Vec::<String>::new());
+    }
+
+    #[test]
+    fn changes_read_like_an_analyst_would_say_them() {
+        let mut old = AdvisoryContent::new("s", "e", "T");
+        old.cvss = Some(Cvss { vector: None, score: 7.5 });
+        let mut new = old.clone();
+        new.cvss = Some(Cvss { vector: None, score: 9.8 });
+        new.kev = Some(KevListing {
+            date_added: chrono::NaiveDate::from_ymd_opt(2026, 1, 2).unwrap(),
+            due_date: None,
+            ransomware: false,
+        });
+        new.affected.push(Affected::named("Acme", "Pump"));
+        assert_eq!(
+            new.changes_since(&old),
+            ["CVSS 7.5 → 9.8", "new affected product: Acme Pump", "added to KEV"]
+        );
+        assert_eq!(old.changes_since(&old), ["minor changes"]);
     }
 
     #[test]

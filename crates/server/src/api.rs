@@ -263,7 +263,21 @@ async fn candidates(
         })
         .await?;
     let groups = app.group_candidates(&list);
-    Ok(Json(json!({ "candidates": list, "groups": groups })))
+    // One row per real issue; the other sources' records are listed with it.
+    let rows: Vec<Value> = app
+        .collapse_issues(list)
+        .await?
+        .into_iter()
+        .map(|(c, issue, also)| {
+            let mut v = json!(c);
+            v["issue"] = json!(issue);
+            v["also_reported_by"] = json!(
+                also.iter().map(|(id, source)| json!({ "id": id, "source": source })).collect::<Vec<_>>()
+            );
+            v
+        })
+        .collect();
+    Ok(Json(json!({ "candidates": rows, "groups": groups })))
 }
 
 fn parse<T: std::str::FromStr>(s: &str) -> ApiResult<T>
@@ -277,14 +291,36 @@ async fn advisory(State(app): State<App>, _: Authed, Path(id): Path<String>) -> 
     let id: AdvisoryId = parse(&id)?;
     let adv = app.store.get_advisory(&id).await?;
     let revisions = app.store.advisory_revisions(&id).await?;
+    // Each revision with what changed since the one before, in words.
+    let revisions: Vec<Value> = revisions
+        .iter()
+        .enumerate()
+        .map(|(i, r)| {
+            let mut v = json!(r);
+            v["changes"] = json!(match i {
+                0 => vec!["first seen".to_owned()],
+                _ => r.content.changes_since(&revisions[i - 1].content),
+            });
+            v
+        })
+        .collect();
     let candidate = app.store.candidate(&id).await?;
     let (assessment, override_info) = match candidate {
         Some(c) => (Some(c.assessment), c.override_info),
         None => (None, None),
     };
-    Ok(Json(
-        json!({ "advisory": adv, "assessment": assessment, "override": override_info, "revisions": revisions }),
-    ))
+    let sources: Vec<Value> = app
+        .store
+        .issue_members(&id)
+        .await?
+        .into_iter()
+        .filter(|a| a.id != id)
+        .map(|a| json!({ "id": a.id, "source": a.content.source, "external_id": a.content.external_id, "title": a.content.title }))
+        .collect();
+    Ok(Json(json!({
+        "advisory": adv, "assessment": assessment, "override": override_info, "revisions": revisions,
+        "same_issue": sources,
+    })))
 }
 
 #[derive(Deserialize)]

@@ -96,6 +96,10 @@ impl App {
     }
 }
 
+/// A candidate standing for its issue: the issue id and the other records
+/// `(advisory id, source)` of the same issue.
+pub type IssueRow = (broadcast_store::Candidate, String, Vec<(String, String)>);
+
 /// What an analyst may set when drafting, over what triage proposes.
 #[derive(Debug, Default)]
 pub struct DraftOverrides {
@@ -134,6 +138,42 @@ impl App {
                 chrono::Utc::now(),
             )
             .await
+    }
+
+    /// One row per real issue: of the candidates that are records of the same issue, the
+    /// highest-scored stays (the list keeps its order) and lists the others as
+    /// `(advisory id, source)`.
+    pub async fn collapse_issues(
+        &self,
+        list: Vec<broadcast_store::Candidate>,
+    ) -> Result<Vec<IssueRow>, StoreError> {
+        let ids: Vec<AdvisoryId> = list.iter().map(|c| c.advisory.id.clone()).collect();
+        let issues = self.store.issue_ids(&ids).await?;
+        let mut out: Vec<IssueRow> = Vec::new();
+        let mut index: std::collections::HashMap<String, usize> = std::collections::HashMap::new();
+        for c in list {
+            let id = c.advisory.id.to_string();
+            let issue = issues.get(&id).cloned().unwrap_or_else(|| id.clone());
+            match index.get(&issue) {
+                Some(&i) => {
+                    let other = (id, c.advisory.content.source.clone());
+                    let keep = &mut out[i];
+                    if c.assessment.score > keep.0.assessment.score {
+                        let prev = std::mem::replace(&mut keep.0, c);
+                        keep.2.push((prev.advisory.id.to_string(), prev.advisory.content.source.clone()));
+                    } else {
+                        keep.2.push(other);
+                    }
+                }
+                None => {
+                    index.insert(issue.clone(), out.len());
+                    out.push((c, issue, Vec::new()));
+                }
+            }
+        }
+        // The list was sorted by score; a replaced representative may have moved up.
+        out.sort_by(|a, b| b.0.assessment.score.total_cmp(&a.0.assessment.score));
+        Ok(out)
     }
 
     /// Storm control: candidates folded into groups per vendor/product (see

@@ -265,6 +265,7 @@ const SQLITE_MIGRATIONS: &[(&str, &str)] = &[
     ("feed cursor", include_str!("../migrations/sqlite/0011_feed_cursor.sql")),
     ("feed leases", include_str!("../migrations/sqlite/0012_feed_leases.sql")),
     ("incident tokens", include_str!("../migrations/sqlite/0013_incident_tokens.sql")),
+    ("issues", include_str!("../migrations/sqlite/0014_issues.sql")),
 ];
 const POSTGRES_MIGRATIONS: &[(&str, &str)] = &[
     ("initial", include_str!("../migrations/postgres/0001_initial.sql")),
@@ -283,6 +284,7 @@ const POSTGRES_MIGRATIONS: &[(&str, &str)] = &[
     ("feed cursor", include_str!("../migrations/postgres/0011_feed_cursor.sql")),
     ("feed leases", include_str!("../migrations/postgres/0012_feed_leases.sql")),
     ("incident tokens", include_str!("../migrations/postgres/0013_incident_tokens.sql")),
+    ("issues", include_str!("../migrations/postgres/0014_issues.sql")),
 ];
 
 /// Whether a candidate list includes advisories triage found irrelevant.
@@ -615,6 +617,36 @@ impl Store {
                     }
                 }
             };
+            if out.change != Change::Unchanged {
+                // Join the record to its issue (merging issues its keys show are one).
+                let keys = content.identity_keys();
+                let mut issues: Vec<String> = Vec::new();
+                if !keys.is_empty() {
+                    let mut qb = QueryBuilder::new("SELECT DISTINCT issue_id FROM issue_keys WHERE key IN (");
+                    let mut sep = qb.separated(", ");
+                    for k in &keys {
+                        sep.push_bind(k.clone());
+                    }
+                    sep.push_unseparated(")");
+                    let rows: Vec<(String,)> = qb.build_query_as().fetch_all(&mut *tx).await?;
+                    issues.extend(rows.into_iter().map(|(i,)| i));
+                }
+                let (current,): (Option<String>,) = sqlx::query_as("SELECT issue_id FROM advisories WHERE id = $1")
+                    .bind(out.id.as_str()).fetch_one(&mut *tx).await?;
+                issues.push(current.unwrap_or_else(|| out.id.to_string()));
+                issues.sort();
+                issues.dedup();
+                let target = issues[0].clone();
+                for other in &issues[1..] {
+                    sqlx::query("UPDATE advisories SET issue_id = $1 WHERE issue_id = $2").bind(&target).bind(other).execute(&mut *tx).await?;
+                    sqlx::query("UPDATE issue_keys SET issue_id = $1 WHERE issue_id = $2").bind(&target).bind(other).execute(&mut *tx).await?;
+                }
+                sqlx::query("UPDATE advisories SET issue_id = $1 WHERE id = $2").bind(&target).bind(out.id.as_str()).execute(&mut *tx).await?;
+                for k in &keys {
+                    sqlx::query("INSERT INTO issue_keys (key, issue_id) VALUES ($1, $2) ON CONFLICT (key) DO UPDATE SET issue_id = excluded.issue_id")
+                        .bind(k).bind(&target).execute(&mut *tx).await?;
+                }
+            }
             tx.commit().await?;
             Ok(out)
         })
@@ -678,6 +710,39 @@ impl Store {
             tx.commit().await?;
             Ok(out)
         })
+    }
+
+    /// Every record of the issue this advisory belongs to (itself included), oldest first.
+    pub async fn issue_members(&self, id: &AdvisoryId) -> Result<Vec<Advisory>> {
+        dispatch!(self, pool => {
+            let rows: Vec<AdvisoryRow> = sqlx::query_as(
+                "SELECT id, revision, content, first_seen, last_changed FROM advisories
+                 WHERE issue_id = (SELECT issue_id FROM advisories WHERE id = $1) ORDER BY first_seen, id",
+            )
+            .bind(id.as_str()).fetch_all(pool).await?;
+            rows.into_iter().map(AdvisoryRow::into_advisory).collect()
+        })
+    }
+
+    /// The issue of each advisory (advisory id → issue id).
+    pub async fn issue_ids(&self, ids: &[AdvisoryId]) -> Result<std::collections::HashMap<String, String>> {
+        let mut out = std::collections::HashMap::new();
+        for chunk in ids.chunks(500) {
+            let rows: Vec<(String, Option<String>)> = dispatch!(self, pool => {
+                let mut qb = QueryBuilder::new("SELECT id, issue_id FROM advisories WHERE id IN (");
+                let mut sep = qb.separated(", ");
+                for id in chunk {
+                    sep.push_bind(id.to_string());
+                }
+                sep.push_unseparated(")");
+                qb.build_query_as().fetch_all(pool).await?
+            });
+            for (id, issue) in rows {
+                let issue = issue.unwrap_or_else(|| id.clone());
+                out.insert(id, issue);
+            }
+        }
+        Ok(out)
     }
 
     pub async fn get_advisory(&self, id: &AdvisoryId) -> Result<Advisory> {

@@ -140,7 +140,73 @@ conformance!(
     passwords_and_sessions,
     kev_marks_advisories_now_and_later,
     one_node_runs_a_feed_at_a_time,
+    one_advisory_per_real_issue,
 );
+
+fn rec(source: &str, ext: &str, cves: &[&str], text: &str) -> AdvisoryContent {
+    let mut a = AdvisoryContent::new(source, ext, format!("{source} {ext}"));
+    a.cves = cves.iter().map(|c| c.to_string()).collect();
+    a.summary = text.into();
+    a
+}
+
+/// Records from different sources about one vulnerability join one issue (same tracking
+/// id, the same single CVE, the same GHSA id), issues that turn out to be one are merged,
+/// and bulletins that merely share a bundled component's CVEs never fuse.
+async fn one_advisory_per_real_issue(s: Store) {
+    let members = |id: AdvisoryId| {
+        let s = s.clone();
+        async move {
+            let mut m: Vec<String> =
+                s.issue_members(&id).await.unwrap().into_iter().map(|a| a.content.source).collect();
+            m.sort();
+            m
+        }
+    };
+    let csaf =
+        s.upsert_advisory(&rec("csaf", "ICSMA-24-200-01", &["CVE-2024-0001"], ""), t0()).await.unwrap();
+    // CISA's RSS item for the same advisory (guid = tracking id), and NVD's record of its CVE.
+    s.upsert_advisory(&rec("rss", "ICSMA-24-200-01", &["CVE-2024-0001"], ""), t0()).await.unwrap();
+    s.upsert_advisory(&rec("nvd", "CVE-2024-0001", &["CVE-2024-0001"], ""), t0()).await.unwrap();
+    assert_eq!(members(csaf.id.clone()).await, ["csaf", "nvd", "rss"]);
+
+    // Two vendor bulletins that both bundle the same library (CVE-2024-0009 in each) and one
+    // of them also lists CVE-2024-0001: they stay apart, and apart from the issue above.
+    let a = s
+        .upsert_advisory(
+            &rec("vendor-a", "VSA-2024-10", &["CVE-2024-0001", "CVE-2024-0009", "CVE-2024-0010"], ""),
+            t0(),
+        )
+        .await
+        .unwrap();
+    let b = s
+        .upsert_advisory(&rec("vendor-b", "XSA-2024-3", &["CVE-2024-0009", "CVE-2024-0011"], ""), t0())
+        .await
+        .unwrap();
+    assert_eq!(members(a.id.clone()).await, ["vendor-a"]);
+    assert_eq!(members(b.id.clone()).await, ["vendor-b"]);
+    assert_eq!(members(csaf.id.clone()).await, ["csaf", "nvd", "rss"], "no runaway merge through a bundle");
+    // NVD's record for the bundled CVE joins neither bulletin: each lists it among others.
+    let n9 = s.upsert_advisory(&rec("nvd", "CVE-2024-0009", &["CVE-2024-0009"], ""), t0()).await.unwrap();
+    assert_eq!(members(n9.id.clone()).await, ["nvd"]);
+
+    // A GHSA record and the NVD record of a different CVE are two issues until a record
+    // shows they are one (it names both): then they merge.
+    let ghsa = s.upsert_advisory(&rec("osv", "GHSA-abcd-1234-wxyz", &[], "lib flaw"), t0()).await.unwrap();
+    let n5 = s.upsert_advisory(&rec("nvd", "CVE-2024-0005", &["CVE-2024-0005"], ""), t0()).await.unwrap();
+    assert_eq!(members(ghsa.id.clone()).await, ["osv"]);
+    s.upsert_advisory(
+        &rec("vendor-c", "https://c.example/1", &["CVE-2024-0005"], "see GHSA-abcd-1234-wxyz"),
+        t0(),
+    )
+    .await
+    .unwrap();
+    assert_eq!(members(ghsa.id.clone()).await, ["nvd", "osv", "vendor-c"]);
+    assert_eq!(members(n5.id.clone()).await, ["nvd", "osv", "vendor-c"]);
+    let map = s.issue_ids(&[ghsa.id.clone(), n5.id.clone(), a.id.clone()]).await.unwrap();
+    assert_eq!(map[ghsa.id.as_str()], map[n5.id.as_str()]);
+    assert_ne!(map[ghsa.id.as_str()], map[a.id.as_str()]);
+}
 
 /// Feed leases: one holder at a time; its own renewal works; another node takes over only
 /// once the lease has run out; releasing frees it at once.

@@ -102,21 +102,25 @@ pub async fn queue(
     sources.dedup();
     let level = if q.level.is_empty() { None } else { Some(parse::<ThreatLevel>("threat level", &q.level)?) };
     let (vendor, needle) = (q.vendor.trim().to_lowercase(), q.q.trim().to_lowercase());
-    let rows: Vec<serde_json::Value> = list
+    let collapsed = app.collapse_issues(list).await?;
+    let rows: Vec<serde_json::Value> = collapsed
         .iter()
-        .filter(|c| level.is_none_or(|l| c.assessment.threat_level == l))
-        .filter(|c| q.source.is_empty() || c.advisory.content.source == q.source)
-        .filter(|c| match q.kind.as_str() {
+        .filter(|(c, _, _)| level.is_none_or(|l| c.assessment.threat_level == l))
+        .filter(|(c, _, also)| {
+            q.source.is_empty() || c.advisory.content.source == q.source || also.iter().any(|(_, s)| *s == q.source)
+        })
+        .map(|(c, _, also)| (c, also))
+        .filter(|(c, _)| match q.kind.as_str() {
             "new" => c.advisory.revision == 1,
             "updated" => c.advisory.revision > 1,
             _ => true,
         })
-        .filter(|c| {
+        .filter(|(c, _)| {
             vendor.is_empty()
                 || c.advisory.content.affected.iter().any(|a| a.vendor.to_lowercase().contains(&vendor))
                 || c.advisory.content.title.to_lowercase().contains(&vendor)
         })
-        .filter(|c| {
+        .filter(|(c, _)| {
             let a = &c.advisory.content;
             needle.is_empty()
                 || a.title.to_lowercase().contains(&needle)
@@ -125,8 +129,11 @@ pub async fn queue(
                 || a.cves.iter().any(|v| v.to_lowercase().contains(&needle))
         })
         .take(500)
-        .map(|c| {
+        .map(|(c, also)| {
             let a = &c.advisory;
+            let mut also_sources: Vec<&str> = also.iter().map(|(_, s)| s.as_str()).collect();
+            also_sources.sort_unstable();
+            also_sources.dedup();
             let mut vendors: Vec<&str> = a.content.affected.iter().map(|x| x.vendor.as_str()).collect();
             vendors.dedup();
             json!({
@@ -135,7 +142,7 @@ pub async fn queue(
                 "relevant": c.assessment.relevant, "reasons": c.assessment.reasons,
                 "vendors": vendors.join(", "), "cves": a.content.cves, "changed": a.last_changed.format("%Y-%m-%d %H:%M").to_string(),
                 "kev": a.content.kev.is_some(), "overridden": c.override_info.is_some(),
-                "incident": a.content.incident.is_some(),
+                "incident": a.content.incident.is_some(), "also": also_sources,
             })
         })
         .collect();
@@ -145,42 +152,6 @@ pub async fn queue(
         ..base(&s)
     };
     render("queue.html", ctx)
-}
-
-/// What changed between two revisions, in words.
-fn changes(old: &broadcast_core::AdvisoryContent, new: &broadcast_core::AdvisoryContent) -> Vec<String> {
-    let mut out = Vec::new();
-    if old.title != new.title {
-        out.push(format!("title changed to “{}”", new.title));
-    }
-    let score = |c: &broadcast_core::AdvisoryContent| c.cvss.as_ref().map(|v| v.score);
-    match (score(old), score(new)) {
-        (Some(a), Some(b)) if (a - b).abs() > f64::EPSILON => out.push(format!("CVSS {a:.1} → {b:.1}")),
-        (None, Some(b)) => out.push(format!("CVSS {b:.1} added")),
-        _ => {}
-    }
-    for cve in new.cves.iter().filter(|c| !old.cves.contains(c)) {
-        out.push(format!("{cve} added"));
-    }
-    for a in new.affected.iter().filter(|a| !old.affected.contains(a)) {
-        out.push(format!("new affected product: {} {}", a.vendor, a.product));
-    }
-    if old.kev.is_none() && new.kev.is_some() {
-        out.push("added to KEV".into());
-    }
-    if !old.exploited && new.exploited {
-        out.push("now reported exploited".into());
-    }
-    if old.summary != new.summary {
-        out.push("summary edited".into());
-    }
-    if old.references.len() != new.references.len() {
-        out.push(format!("references {} → {}", old.references.len(), new.references.len()));
-    }
-    if out.is_empty() {
-        out.push("minor changes".into());
-    }
-    out
 }
 
 pub async fn advisory(
@@ -196,11 +167,20 @@ pub async fn advisory(
         .iter()
         .enumerate()
         .map(|(i, r)| {
-            let what = if i == 0 { vec!["first seen".to_owned()] } else { changes(&revisions[i - 1].content, &r.content) };
+            let what = if i == 0 { vec!["first seen".to_owned()] } else { r.content.changes_since(&revisions[i - 1].content) };
             json!({ "revision": r.revision, "at": r.collected_at.format("%Y-%m-%d %H:%M").to_string(), "changes": what })
         })
         .collect();
-    // Other sources' records for the same CVEs, so the analyst sees them together.
+    // Every source's record of this issue (merged by the join rule), and records that
+    // merely mention the same CVEs (e.g. bulletins bundling the component).
+    let same_issue: Vec<serde_json::Value> = app
+        .store
+        .issue_members(&id)
+        .await?
+        .into_iter()
+        .filter(|m| m.id != adv.id)
+        .map(|m| json!({ "id": m.id, "title": m.content.title, "source": m.content.source, "external_id": m.content.external_id }))
+        .collect();
     let mut related = Vec::new();
     if !adv.content.cves.is_empty() {
         let all = app
@@ -208,7 +188,9 @@ pub async fn advisory(
             .list_candidates(&CandidateFilter { include_irrelevant: true, limit: Some(5000) })
             .await?;
         for c in all {
-            if c.advisory.id != adv.id && c.advisory.content.cves.iter().any(|v| adv.content.cves.contains(v))
+            if c.advisory.id != adv.id
+                && !same_issue.iter().any(|m| m["id"] == c.advisory.id.to_string())
+                && c.advisory.content.cves.iter().any(|v| adv.content.cves.contains(v))
             {
                 related.push(json!({ "id": c.advisory.id, "title": c.advisory.content.title, "source": c.advisory.content.source }));
             }
@@ -217,6 +199,7 @@ pub async fn advisory(
     let refs: Vec<_> = adv.content.references.iter().map(|r| link(r)).collect();
     let ctx = minijinja::context! {
         a => Serde(&adv), refs => Serde(refs), history => Serde(history), related => Serde(related),
+        same_issue => Serde(same_issue),
         assessment => candidate.as_ref().map(|c| Serde(&c.assessment)),
         override_info => candidate.as_ref().and_then(|c| c.override_info.as_ref()).map(Serde),
         levels => ThreatLevel::ALL.map(|l| l.as_str()), tlps => Tlp::ALL.map(|t| t.as_str()),
