@@ -181,6 +181,17 @@ pub enum BenchCmd {
         #[arg(long)]
         store: Option<String>,
     },
+    /// Parse and store every advisory file under a folder (e.g. ../shared/corpus): documents/s
+    /// and MB/s per format, parse and store separately.
+    Ingest {
+        dir: PathBuf,
+        /// Store to measure on (default: a throwaway SQLite file), e.g. postgres://…/db.
+        #[arg(long)]
+        store: Option<String>,
+        /// Only RSS/Atom parsing, this many rounds (compare with scripts/bench-feedparser.py).
+        #[arg(long)]
+        rss_rounds: Option<usize>,
+    },
 }
 
 #[derive(Subcommand)]
@@ -402,6 +413,12 @@ async fn execute(cli: Cli) -> Result<()> {
             }
             s.validate()?;
             return crate::delivery_bench::throughput(s, *channel, *recipients, store.clone()).await;
+        }
+        Command::Bench(BenchCmd::Ingest { dir, store, rss_rounds }) => {
+            if let Some(rounds) = rss_rounds {
+                return crate::ingest_bench::rss_only(dir, (*rounds).max(1));
+            }
+            return crate::ingest_bench::ingest(settings.clone(), dir, store.clone()).await;
         }
         Command::Bench(BenchCmd::Latency { bulletins, store }) => {
             if *bulletins == 0 {

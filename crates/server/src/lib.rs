@@ -13,6 +13,7 @@ pub mod config;
 pub mod console;
 pub mod delivery_bench;
 pub mod incidents;
+pub mod ingest_bench;
 pub mod routes;
 pub mod seed;
 pub mod stages;

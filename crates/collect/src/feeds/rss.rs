@@ -83,7 +83,14 @@ impl Feed for RssFeed {
 /// and a body that is not UTF-8 and declares no encoding is read as Windows-1252 (the
 /// usual culprit: ISO-8859-1 feeds without an XML declaration).
 fn preflight(body: &[u8]) -> Result<std::borrow::Cow<'_, [u8]>, ParseError> {
-    let head_len = body.len().min(64 * 1024);
+    // The prolog (declaration, DOCTYPE, comments) and the root element's start tag: all
+    // that the checks below need, so a large feed costs no more than a small one.
+    let root = body
+        .windows(2)
+        .take(64 * 1024)
+        .position(|w| w[0] == b'<' && w[1].is_ascii_alphabetic())
+        .unwrap_or(body.len().min(64 * 1024));
+    let head_len = body.len().min(root + 512);
     let head = String::from_utf8_lossy(&body[..head_len]);
     let trimmed = head.trim_start_matches('\u{feff}').trim_start();
     // ASCII lower-casing keeps byte offsets, so positions found in `lower` index `trimmed`.
