@@ -81,7 +81,15 @@ pub async fn ingest(mut settings: Settings, dir: &Path, store_url: Option<String
         let k = kind(path, json.as_ref());
         let source = "bench";
         let mut refuse = |why: String| {
-            let short: String = why.split(':').next().unwrap_or(&why).chars().take(80).collect();
+            if std::env::var_os("BENCH_VERBOSE").is_some() {
+                eprintln!("{}: {why}", path.display());
+            }
+            // Group by what failed, not by which document: "CSAF mandatory test 6.1.14",
+            // or the message's first clause.
+            let short: String = match why.find("CSAF mandatory test ") {
+                Some(at) => why[at..].split(" failed").next().unwrap_or(&why).to_owned(),
+                None => why.split(':').next().unwrap_or(&why).chars().take(80).collect(),
+            };
             *reasons.entry(format!("{k}: {short}")).or_default() += 1;
         };
         let (docs, refused_file, refused_items) = match k {

@@ -55,6 +55,7 @@ pub fn parse_document(source: &str, body: &[u8]) -> Result<AdvisoryContent, Pars
     }
     let published = time(s(tracking, "initial_release_date"), "tracking.initial_release_date")?;
     let updated = time(s(tracking, "current_release_date"), "tracking.current_release_date")?;
+    super::csaf_checks::mandatory(&doc).map_err(|e| ParseError(format!("{id}: {e}")))?;
 
     let mut a = AdvisoryContent::new(source, id.trim(), html_to_text(title));
     a.published = published;

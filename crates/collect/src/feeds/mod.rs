@@ -1,4 +1,5 @@
 pub mod csaf;
+pub mod csaf_checks;
 pub mod csaf_provider;
 pub mod kev;
 pub mod nvd;
