@@ -190,11 +190,62 @@ async fn provider_metadata_to_a_directory_backfills_in_steps() {
     assert_eq!((ids, second.remaining), (vec!["ICSMA-18-025-01"], 0));
 }
 
-#[test]
-fn unsupported_signature_checks_are_refused_not_ignored() {
-    let cfg: CsafConfig =
-        toml::from_str("id = \"c\"\nurl = \"https://p.example/feed.json\"\nopenpgp_key_file = \"k.asc\"")
-            .unwrap();
-    let err = CsafProvider::new(&cfg).err().unwrap();
+/// With the provider's OpenPGP key configured, each document needs a signature that verifies
+/// with it: CISA's real signature (made with CISA's key, not the configured one), a missing
+/// `.asc` and a file that is not a signature are all refused; signed documents are read.
+#[tokio::test]
+async fn openpgp_signatures_are_checked_when_a_key_is_configured() {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let site: Shared = Arc::default();
+    let base = serve(site.clone()).await;
+    let mut changes = String::new();
+    {
+        let mut s = site.lock().unwrap();
+        for (i, d) in DOCS.iter().enumerate() {
+            s.files.insert(format!("w/{d}"), read(d));
+            s.files.insert(format!("w/{d}.sha512"), read(&format!("{d}.sha512")));
+            s.files.insert(format!("w/{d}.asc"), read(&format!("{d}.test.asc")));
+            changes.push_str(&format!("{d},2024-01-0{}T00:00:00Z\n", i + 1));
+        }
+        // The same document under other names: signed by CISA's own key, unsigned, and with
+        // something that is not a signature.
+        let others: [(&str, Option<Vec<u8>>); 3] = [
+            ("cisa-signed.json", Some(read("icsma-18-025-01.json.cisa.asc"))),
+            ("unsigned.json", None),
+            ("garbage.json", Some(b"-----BEGIN PGP SIGNATURE-----\nnope\n".to_vec())),
+        ];
+        for (name, asc) in others {
+            s.files.insert(format!("w/{name}"), read(DOCS[0]));
+            s.files.insert(format!("w/{name}.sha512"), read(&format!("{}.sha512", DOCS[0])));
+            if let Some(a) = asc {
+                s.files.insert(format!("w/{name}.asc"), a);
+            }
+            changes.push_str(&format!("{name},2024-02-01T00:00:00Z\n"));
+        }
+        s.files.insert("w/changes.csv".into(), changes.into_bytes());
+    }
+    let cfg: CsafConfig = toml::from_str(&format!(
+        "id = \"csaf\"\nurl = \"{base}/w/changes.csv\"\nopenpgp_key_file = \"{FIX}/test-provider-key.asc\""
+    ))
+    .unwrap();
+    let p = CsafProvider::new(&cfg).unwrap();
+    let runner = Runner::new(RunnerConfig::default()).unwrap();
+    let run = p.run(&runner, &Validators::default(), None, &|_, _| {}).await.unwrap().unwrap();
+    assert_eq!(run.parsed.items.len(), 3, "{:#?}", run.parsed.refused);
+    let refused = run.parsed.refused.join("\n");
+    assert!(
+        refused.contains("cisa-signed.json: the OpenPGP signature does not verify with the provider's key"),
+        "{refused}"
+    );
+    assert!(refused.contains("unsigned.json: no OpenPGP signature (.asc)"), "{refused}");
+    assert!(refused.contains("garbage.json: the .asc file is not an OpenPGP signature"), "{refused}");
+
+    // A key file that is not a key is a configuration error naming the key.
+    let bad: CsafConfig = toml::from_str(&format!(
+        "id = \"c\"\nurl = \"https://p.example/feed.json\"\nopenpgp_key_file = \"{FIX}/icsma-18-025-01.json\""
+    ))
+    .unwrap();
+    let err = CsafProvider::new(&bad).err().unwrap();
     assert_eq!(err.key, "openpgp_key_file");
+    assert!(err.why.contains("not an armored OpenPGP public key"), "{}", err.why);
 }

@@ -9,8 +9,9 @@
 //! done. A document whose hash does not match, that has no hash file, or that is not valid
 //! CSAF is refused with the reason and never stored; the rest of the run goes on.
 //!
-//! OpenPGP signatures (`.asc`) are not verified yet: configuring `openpgp_key_file` is
-//! refused rather than silently ignored (see docs/COLLECTORS.md).
+//! With `openpgp_key_file` set (the provider's public key, armored), every document must
+//! also carry an OpenPGP signature (`.asc`, or the ROLIE `signature` link) that verifies with
+//! that key (primary or a subkey); otherwise it is refused like a hash mismatch.
 
 use crate::runner::{FetchError, Validators};
 use crate::{ConfigError, FeedRequest, ParseError, Parsed, Runner};
@@ -50,7 +51,8 @@ pub struct CsafConfig {
     /// Which ROLIE feeds of a provider-metadata.json to follow, by TLP label.
     #[serde(default = "default_tlp")]
     pub tlp_labels: Vec<String>,
-    /// Not supported yet; refused when set.
+    /// The provider's OpenPGP public key (armored). When set, every document's signature
+    /// must verify with it.
     #[serde(default)]
     pub openpgp_key_file: Option<String>,
 }
@@ -60,6 +62,7 @@ pub struct CsafProvider {
     url: url::Url,
     max: usize,
     tlp_labels: Vec<String>,
+    keys: Vec<pgp::composed::SignedPublicKey>,
 }
 
 /// One document a listing names.
@@ -69,6 +72,8 @@ pub struct DocRef {
     pub updated: Option<DateTime<Utc>>,
     /// Hash files to try, best first.
     pub hashes: Vec<url::Url>,
+    /// The detached OpenPGP signature.
+    pub signature: url::Url,
 }
 
 /// What one run did, beyond the parsed documents.
@@ -92,12 +97,27 @@ impl CsafProvider {
         if !matches!(url.scheme(), "http" | "https" | "file") {
             return Err(err("url", format!("`{}` must be http(s):// or file://", cfg.url)));
         }
-        if cfg.openpgp_key_file.is_some() {
-            return Err(err(
-                "openpgp_key_file",
-                "OpenPGP signature checks are not implemented yet; remove the key to collect with hash checks only".into(),
-            ));
-        }
+        let keys = match &cfg.openpgp_key_file {
+            None => Vec::new(),
+            Some(path) => {
+                use pgp::composed::Deserializable;
+                let text = std::fs::read_to_string(path)
+                    .map_err(|e| err("openpgp_key_file", format!("cannot read {path}: {e}")))?;
+                let keys: Vec<_> = pgp::composed::SignedPublicKey::from_string_many(&text)
+                    .map_err(|e| {
+                        err("openpgp_key_file", format!("{path}: not an armored OpenPGP public key: {e}"))
+                    })?
+                    .0
+                    .collect::<Result<_, _>>()
+                    .map_err(|e| {
+                        err("openpgp_key_file", format!("{path}: not an armored OpenPGP public key: {e}"))
+                    })?;
+                if keys.is_empty() {
+                    return Err(err("openpgp_key_file", format!("{path} holds no public key")));
+                }
+                keys
+            }
+        };
         if cfg.max_documents_per_run == 0 {
             return Err(err("max_documents_per_run", "must be at least 1".into()));
         }
@@ -106,6 +126,7 @@ impl CsafProvider {
             url,
             max: cfg.max_documents_per_run,
             tlp_labels: cfg.tlp_labels.iter().map(|t| t.to_ascii_uppercase()).collect(),
+            keys,
         })
     }
 
@@ -209,6 +230,24 @@ impl CsafProvider {
             Some(Err(why)) => return Ok(Err(why)),
             Some(Ok(())) => {}
         }
+        if !self.keys.is_empty() {
+            let sig = match runner
+                .fetch(&FeedRequest { url: doc.signature.clone(), headers: Vec::new() }, None)
+                .await
+            {
+                Ok(Some((b, _))) => b,
+                Ok(None) | Err(FetchError::Status { status: 404, .. } | FetchError::File { .. }) => {
+                    return Ok(Err("no OpenPGP signature (.asc): not stored unverified".into()));
+                }
+                Err(FetchError::Status { status, .. }) => {
+                    return Ok(Err(format!("signature {}: HTTP {status}", doc.signature)));
+                }
+                Err(e) => return Err(e),
+            };
+            if let Err(why) = verify_signature(&self.keys, &sig, &body) {
+                return Ok(Err(why));
+            }
+        }
         let len = body.len();
         Ok(super::csaf::parse_document(&self.id, &body)
             .map(|a| (a, len))
@@ -304,7 +343,11 @@ pub fn list_documents(url: &url::Url, body: &[u8]) -> Result<Vec<DocRef>, ParseE
         if hashes.is_empty() {
             hashes = sidecars(&doc)?;
         }
-        out.push(DocRef { url: doc, updated: e["updated"].as_str().and_then(time), hashes });
+        let signature = match link("signature").next() {
+            Some(s) => join(url, s)?,
+            None => join(&doc, &format!("{}.asc", file_name(&doc)))?,
+        };
+        out.push(DocRef { url: doc, updated: e["updated"].as_str().and_then(time), hashes, signature });
     }
     Ok(out)
 }
@@ -319,7 +362,8 @@ fn file_name(u: &url::Url) -> &str {
 
 fn doc_with_sidecars(url: url::Url, updated: Option<DateTime<Utc>>) -> Result<DocRef, ParseError> {
     let hashes = sidecars(&url)?;
-    Ok(DocRef { url, updated, hashes })
+    let signature = join(&url, &format!("{}.asc", file_name(&url)))?;
+    Ok(DocRef { url, updated, hashes, signature })
 }
 
 /// `changes.csv`: `"path","timestamp"` per line, newest first, paths relative to the
@@ -343,6 +387,27 @@ fn list_changes(url: &url::Url, body: &[u8]) -> Result<Vec<DocRef>, ParseError> 
         out.push(doc_with_sidecars(join(url, &unquote(path))?, Some(updated))?);
     }
     Ok(out)
+}
+
+/// Checks a detached, armored OpenPGP signature over `doc` against the provider's keys
+/// (each primary key and its subkeys).
+pub fn verify_signature(
+    keys: &[pgp::composed::SignedPublicKey],
+    asc: &[u8],
+    doc: &[u8],
+) -> Result<(), String> {
+    use pgp::composed::Deserializable;
+    let text = std::str::from_utf8(asc).map_err(|_| "the .asc file is not text".to_owned())?;
+    let (sig, _) = pgp::composed::DetachedSignature::from_string(text)
+        .map_err(|e| format!("the .asc file is not an OpenPGP signature: {e}"))?;
+    let verified = keys
+        .iter()
+        .any(|k| sig.verify(k, doc).is_ok() || k.public_subkeys.iter().any(|sk| sig.verify(sk, doc).is_ok()));
+    if verified {
+        Ok(())
+    } else {
+        Err("the OpenPGP signature does not verify with the provider's key (a different signer, or the document changed)".into())
+    }
 }
 
 /// Checks a `.sha512` / `.sha256` file (`<hex>  <file name>`, or the hex alone) against the

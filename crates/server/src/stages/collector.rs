@@ -40,6 +40,11 @@ pub fn runner(app: &App) -> anyhow::Result<Runner> {
 /// Makes `file:` feed URLs relative to the working directory absolute.
 pub fn resolve(app: &App, cfg: &FeedConfig) -> FeedConfig {
     let mut cfg = cfg.clone();
+    if let FeedConfig::Csaf(c) = &mut cfg
+        && let Some(k) = &c.openpgp_key_file
+    {
+        c.openpgp_key_file = Some(app.settings.path(k).display().to_string());
+    }
     let url = cfg.url_mut();
     if let Some(rest) = url.strip_prefix("file:")
         && !rest.starts_with('/')
