@@ -1,8 +1,11 @@
 //! The CSAF 2.0 mandatory tests (section 6.1 of the standard) a document must pass before
 //! anything of it is stored. Each failure names the test and what failed.
 //!
-//! Implemented: 6.1.1–6.1.10 and 6.1.12–6.1.33; not 6.1.11 (CWE names need MITRE's CWE
-//! list). The OASIS validator's test documents are the test cases (`tests/csaf_mandatory.rs`).
+//! Implemented: 6.1.1–6.1.33. 6.1.11 (CWE) is checked against the CWE names in
+//! `cwe-names.tsv` (MITRE's CWE list as of 2020, 839 weaknesses) in the one way that cannot
+//! misfire on renamed or newer weaknesses: a CWE labelled with *another* weakness's name is
+//! refused; unknown ids and old names are read. The OASIS validator's test documents are the
+//! test cases (`tests/csaf_mandatory.rs`).
 
 use serde_json::Value;
 use std::collections::{HashMap, HashSet};
@@ -11,6 +14,16 @@ type Check = Result<(), String>;
 
 /// A CVSS v3 JSON property, its vector metric, and the metric's values with their names.
 type Cvss3Property = (&'static str, &'static str, &'static [(&'static str, &'static str)]);
+
+/// CWE names → ids, from MITRE's CWE list (© The MITRE Corporation; see docs/COLLECTORS.md).
+static CWE_BY_NAME: std::sync::LazyLock<HashMap<&'static str, &'static str>> =
+    std::sync::LazyLock::new(|| {
+        include_str!("cwe-names.tsv")
+            .lines()
+            .filter_map(|l| l.split_once('\t'))
+            .map(|(id, name)| (name, id))
+            .collect()
+    });
 
 /// ISO 639-1 language codes.
 const ISO_639_1: &str = "aa ab ae af ak am an ar as av ay az ba be bg bh bi bm bn bo br bs ca ce ch co cr cs cu cv cy \
@@ -356,6 +369,17 @@ pub fn mandatory(doc: &Value) -> Check {
                     cvss2_consistent(c, &at)?;
                 }
             }
+        }
+        // 6.1.11: a CWE carrying another weakness's name.
+        if let Some(cwe) = v.get("cwe")
+            && let (Some(id), Some(name)) = (s(cwe, "id"), s(cwe, "name"))
+            && let Some(other) = CWE_BY_NAME.get(name)
+            && *other != id
+        {
+            return fail(
+                "6.1.11",
+                format!("vulnerabilities[{i}]: {id} is named “{name}”, which is {other}'s name"),
+            );
         }
         // 6.1.23
         if let Some(c) = s(v, "cve")
