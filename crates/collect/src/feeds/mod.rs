@@ -4,3 +4,4 @@ pub mod csaf_provider;
 pub mod kev;
 pub mod nvd;
 pub mod rss;
+pub mod xmlfeed;

@@ -137,12 +137,97 @@ fn find(haystack: &[u8], needle: &[u8]) -> Option<usize> {
 /// Parses an RSS/Atom/JSON Feed body into advisories from source `source`.
 pub fn parse_feed(source: &str, tlp: Tlp, body: &[u8]) -> Result<Parsed, ParseError> {
     let body = preflight(body)?;
+    if body.iter().find(|b| !b.is_ascii_whitespace()) == Some(&b'{') {
+        return parse_json_feed(source, tlp, &body);
+    }
+    let text = utf8(&body)?;
+    let mut parsed = Parsed::default();
+    for (n, entry) in super::xmlfeed::entries(&text)?.into_iter().enumerate() {
+        let title = entry.title.as_deref().map(html_to_text).unwrap_or_default();
+        let summary = html_to_text(entry.summary.as_deref().or(entry.content.as_deref()).unwrap_or(""));
+        let id =
+            if entry.id.is_empty() { entry.links.first().cloned().unwrap_or_default() } else { entry.id };
+        let item = advisory(
+            source,
+            tlp,
+            id,
+            title,
+            summary,
+            entry.links,
+            entry.published.or(entry.updated),
+            entry.updated,
+            &entry.categories,
+        );
+        match item.validate() {
+            Ok(()) => parsed.items.push(item),
+            Err(why) => parsed.refused.push(format!("entry {}: {why}", n + 1)),
+        }
+    }
+    Ok(parsed)
+}
+
+/// The body as UTF-8 text: transcoded when it declares another encoding (ISO-8859-1,
+/// Windows-1252…).
+fn utf8(body: &[u8]) -> Result<std::borrow::Cow<'_, str>, ParseError> {
+    let prolog_end = body.iter().take(512).position(|&b| b == b'>').unwrap_or(0);
+    let prolog = String::from_utf8_lossy(&body[..prolog_end]).to_ascii_lowercase();
+    let label = prolog.split_once("encoding=").map(|(_, rest)| {
+        rest.trim_start_matches(['"', '\'']).split(['"', '\'', ' ', '?']).next().unwrap_or("").to_owned()
+    });
+    if let Some(enc) = label.as_deref().and_then(|l| encoding_rs::Encoding::for_label(l.as_bytes()))
+        && enc != encoding_rs::UTF_8
+    {
+        let (text, _, _) = enc.decode(body);
+        return Ok(std::borrow::Cow::Owned(text.into_owned()));
+    }
+    match std::str::from_utf8(body) {
+        Ok(t) => Ok(std::borrow::Cow::Borrowed(t.trim_start_matches('\u{feff}'))),
+        Err(_) => Ok(std::borrow::Cow::Owned(encoding_rs::WINDOWS_1252.decode(body).0.into_owned())),
+    }
+}
+
+#[allow(clippy::too_many_arguments)]
+fn advisory(
+    source: &str,
+    tlp: Tlp,
+    id: String,
+    title: String,
+    summary: String,
+    references: Vec<String>,
+    published: Option<chrono::DateTime<chrono::Utc>>,
+    updated: Option<chrono::DateTime<chrono::Utc>>,
+    categories: &[String],
+) -> AdvisoryContent {
+    let external_id = if !id.trim().is_empty() {
+        id.trim().to_owned()
+    } else if !title.is_empty() {
+        format!("title:{title}")
+    } else {
+        String::new()
+    };
+    let mut haystack = format!("{title}\n{summary}");
+    for c in categories {
+        haystack.push('\n');
+        haystack.push_str(c);
+    }
+    let mut item = AdvisoryContent::new(source, external_id, title);
+    item.summary = summary;
+    item.published = published;
+    item.updated = updated;
+    item.references = references;
+    item.cves = extract_cve_ids(&haystack);
+    item.cvss = find_cvss(&haystack);
+    item.tlp = tlp;
+    item
+}
+
+/// JSON Feed, read by feed-rs.
+fn parse_json_feed(source: &str, tlp: Tlp, body: &[u8]) -> Result<Parsed, ParseError> {
     let parser = feed_rs::parser::Builder::new()
         .id_generator(|links, _title, _base| links.first().map(|l| l.href.clone()).unwrap_or_default())
         .build();
-    let feed = parser
-        .parse(&body[..])
-        .map_err(|e| ParseError(format!("not a readable RSS, Atom or JSON feed: {e}")))?;
+    let feed =
+        parser.parse(body).map_err(|e| ParseError(format!("not a readable RSS, Atom or JSON feed: {e}")))?;
     let mut parsed = Parsed::default();
     for (n, entry) in feed.entries.into_iter().enumerate() {
         let title = entry.title.as_ref().map(|t| html_to_text(&t.content)).unwrap_or_default();
@@ -152,29 +237,18 @@ pub fn parse_feed(source: &str, tlp: Tlp, body: &[u8]) -> Result<Parsed, ParseEr
             .map(|s| s.content.clone())
             .or_else(|| entry.content.as_ref().and_then(|c| c.body.clone()))
             .unwrap_or_default();
-        let summary = html_to_text(&summary_html);
-        let references: Vec<String> = entry.links.iter().map(|l| l.href.clone()).collect();
-        let external_id = if !entry.id.trim().is_empty() {
-            entry.id.trim().to_owned()
-        } else if !title.is_empty() {
-            format!("title:{title}")
-        } else {
-            String::new()
-        };
         let categories: Vec<String> = entry.categories.iter().map(|c| c.term.clone()).collect();
-        let mut haystack = format!("{title}\n{summary}");
-        for c in &categories {
-            haystack.push('\n');
-            haystack.push_str(c);
-        }
-        let mut item = AdvisoryContent::new(source, external_id, title);
-        item.summary = summary;
-        item.published = entry.published.or(entry.updated);
-        item.updated = entry.updated;
-        item.references = references;
-        item.cves = extract_cve_ids(&haystack);
-        item.cvss = find_cvss(&haystack);
-        item.tlp = tlp;
+        let item = advisory(
+            source,
+            tlp,
+            entry.id,
+            title,
+            html_to_text(&summary_html),
+            entry.links.iter().map(|l| l.href.clone()).collect(),
+            entry.published.or(entry.updated),
+            entry.updated,
+            &categories,
+        );
         match item.validate() {
             Ok(()) => parsed.items.push(item),
             Err(why) => parsed.refused.push(format!("entry {}: {why}", n + 1)),
