@@ -91,6 +91,9 @@ pub struct AdvisoryContent {
     /// The source reports exploitation in the wild.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub exploited: bool,
+    /// What the source says to do (CSAF remediations: "vendor_fix: Update to 4.2"), in order.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub remediations: Vec<String>,
     /// Set when a partner organisation reported this as an incident (not a feed advisory).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub incident: Option<IncidentReport>,
@@ -132,6 +135,7 @@ impl AdvisoryContent {
             sectors: Vec::new(),
             kev: None,
             exploited: false,
+            remediations: Vec::new(),
             incident: None,
         }
     }

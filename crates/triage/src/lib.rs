@@ -87,6 +87,7 @@ pub fn draft_bulletin(items: &[(Advisory, Option<Assessment>)]) -> BulletinConte
     let mut cves = Vec::new();
     let mut references = Vec::new();
     let mut affected = Vec::new();
+    let mut remediations: Vec<String> = Vec::new();
     let mut summary = Vec::new();
     for (a, _) in items {
         for cve in &a.content.cves {
@@ -109,16 +110,27 @@ pub fn draft_bulletin(items: &[(Advisory, Option<Assessment>)]) -> BulletinConte
         if !a.content.summary.is_empty() {
             summary.push(a.content.summary.clone());
         }
+        for r in &a.content.remediations {
+            if !remediations.contains(r) {
+                remediations.push(r.clone());
+            }
+        }
     }
+    // The sources' own remediations when they give any; otherwise the standing advice.
+    let remediation = if remediations.is_empty() {
+        "Apply the vendor's updates or mitigations as soon as possible, and check exposed systems for signs of \
+         compromise."
+            .to_owned()
+    } else {
+        remediations.iter().map(|r| format!("- {r}")).collect::<Vec<_>>().join("\n")
+    };
     BulletinContent {
         title,
         threat_level: level,
         tlp,
         summary: summary.join("\n\n"),
         affected_products: affected,
-        remediation: "Apply the vendor's updates or mitigations as soon as possible, and check exposed \
-                      systems for signs of compromise."
-            .to_owned(),
+        remediation,
         references,
         cves,
     }
@@ -282,6 +294,17 @@ mod tests {
         // 1 + 2 + 2 = 5, capped at 4: relevant, but no more.
         assert!(v.relevant);
         assert!((v.score - 4.0).abs() < 1e-9, "{}", v.score);
+    }
+
+    #[test]
+    fn drafts_use_the_sources_remediations() {
+        let mut a = adv("Acme pump", "s", None);
+        let plain = draft_bulletin(&[(a.clone(), None)]);
+        assert!(plain.remediation.starts_with("Apply the vendor's updates"), "{}", plain.remediation);
+        a.content.remediations =
+            vec!["vendor fix: Update to 4.2".into(), "mitigation: Block port 104".into()];
+        let d = draft_bulletin(&[(a.clone(), None), (a, None)]);
+        assert_eq!(d.remediation, "- vendor fix: Update to 4.2\n- mitigation: Block port 104");
     }
 
     #[test]

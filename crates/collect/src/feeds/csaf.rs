@@ -118,6 +118,20 @@ pub fn parse_document(source: &str, body: &[u8]) -> Result<AdvisoryContent, Pars
                 }
             }
         }
+        for r in arr(v, "remediations") {
+            let details = html_to_text(s(r, "details").unwrap_or(""));
+            if details.is_empty() {
+                continue;
+            }
+            let category = s(r, "category").unwrap_or("remediation").replace('_', " ");
+            let mut line = format!("{category}: {details}");
+            if let Some(url) = s(r, "url") {
+                line.push_str(&format!(" ({url})"));
+            }
+            if !a.remediations.contains(&line) {
+                a.remediations.push(line);
+            }
+        }
         for sc in arr(v, "scores") {
             for key in ["cvss_v3", "cvss_v4"] {
                 if let Some(vec) = sc.get(key).and_then(|c| s(c, "vectorString")) {
@@ -274,6 +288,12 @@ mod tests {
         assert!(!a.references.iter().any(|r| r.contains("first.org/cvss/calculator")));
         assert!(!a.exploited);
         assert_eq!(a.published.unwrap().to_rfc3339(), "2024-07-18T06:00:00+00:00");
+        // Remediations, each once although every vulnerability repeats them.
+        assert_eq!(a.remediations[0], "mitigation: Philips recommends the following mitigations:");
+        assert!(
+            a.remediations.iter().any(|r| r.starts_with("vendor fix: For CVE-2023-40704 and CVE-2023-40539"))
+        );
+        assert_eq!(a.remediations.len(), 6, "{:#?}", a.remediations);
     }
 
     #[test]
