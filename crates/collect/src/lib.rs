@@ -124,7 +124,7 @@ impl Source {
                 },
             }),
             Source::Nvd(n) => {
-                let r = n.run(runner, cursor, Utc::now()).await?;
+                let r = n.run_with(runner, cursor, Utc::now(), progress).await?;
                 Ok(FetchOutcome::Fetched {
                     parsed: r.parsed,
                     validators: Validators::default(),

@@ -84,7 +84,12 @@ async fn windows_pages_and_the_api_key() {
     let nvd = Arc::new(Mutex::new(Nvd { records: dataset(now), ..Nvd::default() }));
     let url = serve(nvd.clone()).await;
     let runner = Runner::new(Default::default()).unwrap();
-    let run = feed(&url, "api_key = \"secret-key\"").run(&runner, None, now).await.unwrap();
+    let windows = Mutex::new(Vec::new());
+    let run = feed(&url, "api_key = \"secret-key\"")
+        .run_with(&runner, None, now, &|done, total| windows.lock().unwrap().push((done, total)))
+        .await
+        .unwrap();
+    assert_eq!(*windows.lock().unwrap(), [(1, 3), (2, 3), (3, 3)], "progress per 120-day window");
     assert_eq!(run.parsed.items.len(), 38, "every record in the 250 days: {:?}", run.parsed.refused);
     assert!(run.parsed.refused.is_empty());
     assert_eq!(run.cursor.as_deref(), Some("2025-06-01T12:00:00.000Z"));

@@ -787,9 +787,11 @@ async fn execute(cli: Cli) -> Result<()> {
             let runner = crate::stages::collector::runner(&app)?;
             // A backfill shows its documents on a terminal (hidden when stderr is not one).
             let bar = indicatif::ProgressBar::new(0).with_style(
-                indicatif::ProgressStyle::with_template("{msg} [{bar:30}] {pos}/{len} documents, {eta} left")
-                    .expect("static template")
-                    .progress_chars("=> "),
+                indicatif::ProgressStyle::with_template(
+                    "{msg} [{bar:30}] {pos}/{len} (documents or NVD windows), {eta} left",
+                )
+                .expect("static template")
+                .progress_chars("=> "),
             );
             bar.set_message(once.clone());
             let progress = |done: usize, total: usize| {

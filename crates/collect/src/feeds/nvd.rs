@@ -315,6 +315,17 @@ impl NvdFeed {
         cursor: Option<&str>,
         now: DateTime<Utc>,
     ) -> Result<NvdRun, crate::FetchError> {
+        self.run_with(runner, cursor, now, &|_, _| {}).await
+    }
+
+    /// [`NvdFeed::run`], reporting windows done as it goes.
+    pub async fn run_with(
+        &self,
+        runner: &crate::Runner,
+        cursor: Option<&str>,
+        now: DateTime<Utc>,
+        progress: &(dyn Fn(usize, usize) + Sync),
+    ) -> Result<NvdRun, crate::FetchError> {
         let start = cursor
             .and_then(|c| DateTime::parse_from_rfc3339(c).ok())
             .map(|d| d.with_timezone(&Utc))
@@ -359,6 +370,7 @@ impl NvdFeed {
             run.parsed.items.extend(window.items);
             run.parsed.refused.extend(window.refused);
             run.cursor = Some(to.to_rfc3339_opts(chrono::SecondsFormat::Millis, true));
+            progress(w + 1, windows.len());
         }
         Ok(run)
     }
