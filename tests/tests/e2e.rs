@@ -1351,3 +1351,49 @@ schedule = "*/2 * * * * *"
         .await
         .unwrap();
 }
+
+/// A webhook endpoint is disabled while the SMTP relay is down: the notice to its
+/// organisation is owed, not lost, and arrives once the relay is back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_disable_notice_survives_an_smtp_outage() {
+    let mail = tempfile::tempdir().unwrap();
+    let maildir = mail.path().join("maildir");
+    let smtp_port = free_port(); // nothing listens yet
+    let dead = free_port(); // nor here: the endpoint fails every attempt
+    let rig = Rig::start(
+        &format!(
+            "contacts = [{{ email = \"soc-lead@trust.nhs.test\" }}]\n\
+             endpoints = [{{ url = \"http://127.0.0.1:{dead}/hook\", secret = \"{SOC_SECRET}\" }}]"
+        ),
+        &format!(
+            "{}[webhook]\nallow_networks = [\"127.0.0.0/8\"]\n[delivery]\npoll_interval_ms = 200\n\
+             retry_delays_secs = [1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1]\n\
+             warn_endpoint_after_failures = 3\ndisable_endpoint_after_secs = 2\nnotice_retry_secs = 1\n",
+            smtp_config(smtp_port)
+        ),
+    )
+    .await;
+    rig.publish("Endpoint going dark").await;
+    wait_for("the failing endpoint to be disabled", 60, || async {
+        let orgs = rig.api.get(ALICE, "/api/organisations").await;
+        let key = orgs["organisations"][0]["id"].as_str().unwrap().to_owned();
+        let org = rig.api.get(ALICE, &format!("/api/organisations/{key}")).await;
+        (org["endpoints"][0]["enabled"] == false).then_some(())
+    })
+    .await;
+    assert!(!maildir.join("new").exists(), "no SMTP server yet: nothing can have arrived");
+    let _smtp = start_smtp_with(&maildir, smtp_port, "aiosmtpd.handlers.Mailbox");
+    let notice = wait_for("the disable notice once SMTP is back", 60, || async {
+        for f in std::fs::read_dir(maildir.join("new")).ok()? {
+            let raw = std::fs::read(f.ok()?.path()).ok()?;
+            let msg = mail_parser::MessageParser::default().parse(&raw)?;
+            if msg.subject().unwrap_or("").contains("has been disabled") {
+                return Some(msg.body_text(0).unwrap_or_default().into_owned());
+            }
+        }
+        None
+    })
+    .await;
+    assert!(notice.contains(&format!("http://127.0.0.1:{dead}/hook")), "{notice}");
+    assert!(notice.contains("failing continuously since"), "{notice}");
+}

@@ -91,6 +91,9 @@ pub struct DeliverySettings {
     /// A webhook endpoint failing continuously this long (and at least
     /// `warn_endpoint_after_failures` times) is disabled and its organisation told.
     pub disable_endpoint_after_secs: u64,
+    /// A disable notice that reached nobody (SMTP down) is tried again after this long; it
+    /// is owed in the store, so restarts do not lose it.
+    pub notice_retry_secs: u64,
     pub lease_secs: u64,
     pub poll_interval_ms: u64,
     /// Delays before attempts 2, 3, …; after the last the delivery fails.

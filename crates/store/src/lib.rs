@@ -266,6 +266,7 @@ const SQLITE_MIGRATIONS: &[(&str, &str)] = &[
     ("feed leases", include_str!("../migrations/sqlite/0012_feed_leases.sql")),
     ("incident tokens", include_str!("../migrations/sqlite/0013_incident_tokens.sql")),
     ("issues", include_str!("../migrations/sqlite/0014_issues.sql")),
+    ("disable notice", include_str!("../migrations/sqlite/0015_disable_notice.sql")),
 ];
 const POSTGRES_MIGRATIONS: &[(&str, &str)] = &[
     ("initial", include_str!("../migrations/postgres/0001_initial.sql")),
@@ -285,6 +286,7 @@ const POSTGRES_MIGRATIONS: &[(&str, &str)] = &[
     ("feed leases", include_str!("../migrations/postgres/0012_feed_leases.sql")),
     ("incident tokens", include_str!("../migrations/postgres/0013_incident_tokens.sql")),
     ("issues", include_str!("../migrations/postgres/0014_issues.sql")),
+    ("disable notice", include_str!("../migrations/postgres/0015_disable_notice.sql")),
 ];
 
 /// Whether a candidate list includes advisories triage found irrelevant.
@@ -1866,6 +1868,35 @@ impl Store {
         self.change_endpoint_enabled(id, false, "system", reason, now, true).await
     }
 
+    /// Endpoints Broadcast disabled whose organisation's notice is due, with why.
+    pub async fn due_disable_notices(&self, now: DateTime<Utc>) -> Result<Vec<(Endpoint, String)>> {
+        let now = db_time(now);
+        let ids: Vec<(String, Option<String>)> = dispatch!(self, pool => {
+            sqlx::query_as("SELECT id, disable_notice_reason FROM endpoints WHERE disable_notice_due <= $1 ORDER BY disable_notice_due LIMIT 100")
+                .bind(now).fetch_all(pool).await?
+        });
+        let mut out = Vec::new();
+        for (id, reason) in ids {
+            let ep = self.get_endpoint(&parse_id(&id)?).await?;
+            out.push((ep, reason.unwrap_or_default()));
+        }
+        Ok(out)
+    }
+
+    /// A disable notice was sent (`retry_at` None) or must be tried again at `retry_at`.
+    pub async fn disable_notice_done(&self, id: &EndpointId, retry_at: Option<DateTime<Utc>>) -> Result<()> {
+        let retry_at = retry_at.map(db_time);
+        dispatch!(self, pool => {
+            sqlx::query(
+                "UPDATE endpoints SET disable_notice_due = $1,
+                     disable_notice_reason = CASE WHEN $1 IS NULL THEN NULL ELSE disable_notice_reason END
+                 WHERE id = $2",
+            )
+            .bind(retry_at).bind(id.as_str()).execute(pool).await?;
+            Ok(())
+        })
+    }
+
     /// Enables or disables an endpoint, audited; disabling suppresses its pending deliveries
     /// and enabling starts its failure count afresh. With `only_if_changed`, an endpoint
     /// already in that state is left alone. Whether a row changed.
@@ -1892,6 +1923,13 @@ impl Store {
             if done.rows_affected() == 0 {
                 return Ok(false);
             }
+            // Broadcast's own disabling owes the organisation a notice, due now; enabling
+            // (by anyone) cancels one still owed.
+            sqlx::query("UPDATE endpoints SET disable_notice_due = $1, disable_notice_reason = $2 WHERE id = $3")
+                .bind(if !enabled && actor == "system" { Some(now) } else { None })
+                .bind(if !enabled && actor == "system" { Some(reason) } else { None })
+                .bind(id.as_str())
+                .execute(&mut *tx).await?;
             let mut suppressed = 0;
             if !enabled {
                 suppressed = sqlx::query(

@@ -141,7 +141,33 @@ conformance!(
     kev_marks_advisories_now_and_later,
     one_node_runs_a_feed_at_a_time,
     one_advisory_per_real_issue,
+    disable_notices_are_owed_until_sent,
 );
+
+/// Broadcast's own disabling owes the organisation a notice, in the same transaction; it stays
+/// owed (retry time) until sent; an admin's disabling owes none, and enabling cancels one.
+async fn disable_notices_are_owed_until_sent(s: Store) {
+    let org = s.create_organisation("Trust", Tlp::Clear, ThreatLevel::Information, t0()).await.unwrap();
+    let a = s.add_endpoint(org.id.as_str(), "https://a.example/hook", "whsec_eA==", t0()).await.unwrap();
+    let b = s.add_endpoint(org.id.as_str(), "https://b.example/hook", "whsec_eA==", t0()).await.unwrap();
+    assert!(s.due_disable_notices(t0()).await.unwrap().is_empty());
+    assert!(s.disable_failing_endpoint(&a.id, "failing for 5 days", t0()).await.unwrap());
+    s.set_endpoint_enabled(&b.id, false, "usr_admin", "moved", t0()).await.unwrap();
+    let due = s.due_disable_notices(t0()).await.unwrap();
+    assert_eq!(due.len(), 1, "only the system's disabling owes a notice");
+    assert_eq!((due[0].0.id.clone(), due[0].1.as_str()), (a.id.clone(), "failing for 5 days"));
+    // Not sent (SMTP down): owed again in 5 minutes, not before.
+    s.disable_notice_done(&a.id, Some(t0() + Duration::minutes(5))).await.unwrap();
+    assert!(s.due_disable_notices(t0() + Duration::minutes(4)).await.unwrap().is_empty());
+    assert_eq!(s.due_disable_notices(t0() + Duration::minutes(5)).await.unwrap().len(), 1);
+    s.disable_notice_done(&a.id, None).await.unwrap();
+    assert!(s.due_disable_notices(t0() + Duration::days(1)).await.unwrap().is_empty(), "sent: nothing owed");
+    // Disabled again and enabled before the notice went out: nothing owed.
+    s.set_endpoint_enabled(&a.id, true, "usr_admin", "fixed", t0()).await.unwrap();
+    assert!(s.disable_failing_endpoint(&a.id, "failing again", t0()).await.unwrap());
+    s.set_endpoint_enabled(&a.id, true, "usr_admin", "fixed", t0()).await.unwrap();
+    assert!(s.due_disable_notices(t0() + Duration::days(1)).await.unwrap().is_empty());
+}
 
 fn rec(source: &str, ext: &str, cves: &[&str], text: &str) -> AdvisoryContent {
     let mut a = AdvisoryContent::new(source, ext, format!("{source} {ext}"));

@@ -397,19 +397,46 @@ impl Worker {
                 match self.app.store.disable_failing_endpoint(eid, &reason, now).await {
                     Ok(true) => {
                         tracing::warn!(endpoint.id = %eid, reason = %reason, "failing endpoint disabled");
-                        let subject = format!(
-                            "Your Broadcast webhook endpoint has been disabled ({})",
-                            host_of(&ep.url)
-                        );
-                        let text = format!(
-                            "Your webhook endpoint\n\n  {url}\n\nhas been disabled: it has been {reason}.\n\nBulletins no longer reach it. Once it works again, ask your Broadcast\nadministrator to enable it and replay what it missed.\n",
-                            url = ep.url,
-                        );
-                        self.notify_org(&ep, "disabled", &subject, &text).await;
+                        // The notice is owed in the store (same transaction as the disabling)
+                        // and sent from there: a failed send is tried again, across restarts.
+                        self.send_disable_notices().await;
                     }
                     Ok(false) => {}
                     Err(e) => tracing::error!(endpoint.id = %eid, error = %e, "could not disable endpoint"),
                 }
+            }
+        }
+    }
+
+    /// Sends every disable notice that is due; one that could not be sent to anyone who could
+    /// get it is tried again after `delivery.notice_retry_secs`.
+    pub async fn send_disable_notices(&self) {
+        let now = Utc::now();
+        let due = match self.app.store.due_disable_notices(now).await {
+            Ok(d) => d,
+            Err(e) => {
+                tracing::error!(error = %e, "could not read due disable notices");
+                return;
+            }
+        };
+        for (ep, reason) in due {
+            let Some(_guard) = InFlight::take(&self.in_flight, format!("disabled:{}", ep.id)) else {
+                continue;
+            };
+            let subject = format!("Your Broadcast webhook endpoint has been disabled ({})", host_of(&ep.url));
+            let text = format!(
+                "Your webhook endpoint\n\n  {url}\n\nhas been disabled: it has been {reason}.\n\nBulletins no longer reach it. Once it works again, ask your Broadcast\nadministrator to enable it and replay what it missed.\n",
+                url = ep.url,
+            );
+            let (eligible, sent) = self.notify_org(&ep, "disabled", &subject, &text).await;
+            let wait = self.app.settings.delivery.notice_retry_secs.max(1);
+            let retry =
+                (sent == 0 && eligible > 0).then(|| Utc::now() + chrono::Duration::seconds(wait as i64));
+            if retry.is_some() {
+                tracing::warn!(endpoint.id = %ep.id, retry_in_secs = wait, "disable notice not sent: will try again");
+            }
+            if let Err(e) = self.app.store.disable_notice_done(&ep.id, retry).await {
+                tracing::error!(endpoint.id = %ep.id, error = %e, "could not record the disable notice");
             }
         }
     }
@@ -638,6 +665,9 @@ impl Worker {
 /// Runs a worker until shutdown: keeps up to `delivery.concurrency` deliveries in flight,
 /// claiming more as soon as a slot frees; when nothing is due it waits for a publish (woken
 /// at once) or the next due retry.
+/// How often a worker looks for owed disable notices.
+const NOTICE_SWEEP_EVERY: Duration = Duration::from_secs(60);
+
 pub async fn run(app: App, mut shutdown: watch::Receiver<bool>) -> Result<()> {
     let worker = Arc::new(Worker::new(app.clone())?);
     tracing::info!(worker.id = %worker.id, "delivery worker started");
@@ -647,9 +677,17 @@ pub async fn run(app: App, mut shutdown: watch::Receiver<bool>) -> Result<()> {
     let poll = Duration::from_millis(s.poll_interval_ms);
     let min_claim = (s.concurrency / 8).clamp(1, s.batch_size.max(1) as usize);
     let mut last_claim = Instant::now();
+    // Owed disable notices (a send failed, or the process stopped) are looked at every minute.
+    let mut last_notice_sweep: Option<Instant> = None;
     loop {
         if *shutdown.borrow() {
             break;
+        }
+        let sweep_every = NOTICE_SWEEP_EVERY.min(Duration::from_secs(s.notice_retry_secs.max(1)));
+        if last_notice_sweep.is_none_or(|t| t.elapsed() >= sweep_every) {
+            last_notice_sweep = Some(Instant::now());
+            let w = worker.clone();
+            tokio::spawn(async move { w.send_disable_notices().await });
         }
         let notified = app.wake_delivery.notified();
         let freed = slot_freed.notified();
