@@ -927,6 +927,12 @@ async fn run(app: App) -> Result<()> {
             .await
             .with_context(|| format!("api.listen: cannot listen on {listen}"))?;
         tracing::info!(address = %listener.local_addr()?, public_url = %app.settings.api.public_url, "API listening");
+        if !crate::console::secure_cookies(&app.settings.api.public_url) {
+            tracing::warn!(
+                public_url = %app.settings.api.public_url,
+                "api.public_url is plain http on another host: console session cookies cannot be Secure; serve the console over https"
+            );
+        }
         let router = crate::api::router(app.clone()).layer(tower_http::trace::TraceLayer::new_for_http());
         let mut stop = stop_rx.clone();
         tasks.spawn(async move {

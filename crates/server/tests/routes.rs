@@ -362,10 +362,16 @@ async fn sign_in_is_rate_limited_and_cookies_are_locked_down() {
     assert_eq!(ok.status(), StatusCode::SEE_OTHER);
     let cookie = ok.headers().get(header::SET_COOKIE).unwrap().to_str().unwrap().to_owned();
     assert!(cookie.starts_with("broadcast_session=bct_"), "{cookie}");
-    for attr in ["HttpOnly", "SameSite=Strict", "Path=/", "Max-Age=43200"] {
+    for attr in ["HttpOnly", "SameSite=Strict", "Path=/", "Max-Age=43200", "Secure"] {
         assert!(cookie.contains(attr), "{attr} missing: {cookie}");
     }
-    assert!(!cookie.contains("Secure"), "plain-http public URL: no Secure flag (browsers would drop it)");
+    assert!(broadcast_server::console::secure_cookies("https://broadcast.example"));
+    assert!(
+        broadcast_server::console::secure_cookies("http://127.0.0.1:8080"),
+        "loopback is a secure context"
+    );
+    assert!(broadcast_server::console::secure_cookies("http://localhost:8080"));
+    assert!(!broadcast_server::console::secure_cookies("http://broadcast.example"), "plain http elsewhere");
     let session = cookie.split(';').next().unwrap().to_owned();
     let page = broadcast_server::api::router(app.clone())
         .oneshot(Request::get("/console/queue").header(header::COOKIE, &session).body(Body::empty()).unwrap())

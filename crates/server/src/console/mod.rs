@@ -168,11 +168,28 @@ pub fn cookie(headers: &HeaderMap, name: &str) -> Option<String> {
 
 /// `Set-Cookie` for a console cookie.
 pub fn set_cookie(app: &App, name: &str, value: &str, path: &str, max_age_secs: i64) -> HeaderValue {
-    let secure = if app.settings.api.public_url.starts_with("https://") { "; Secure" } else { "" };
+    let secure = if secure_cookies(&app.settings.api.public_url) { "; Secure" } else { "" };
     HeaderValue::from_str(&format!(
         "{name}={value}; Path={path}; Max-Age={max_age_secs}; HttpOnly; SameSite=Strict{secure}"
     ))
     .expect("cookie values are URL-safe")
+}
+
+/// Cookies are `Secure` whenever browsers keep them: on https, and on plain http to this
+/// machine (browsers treat loopback as a secure context). Only a plain-http public URL on
+/// another host gets cookies without it — the console would not work otherwise; the server
+/// logs a warning at start-up for that setup.
+pub fn secure_cookies(public_url: &str) -> bool {
+    match url::Url::parse(public_url) {
+        Ok(u) if u.scheme() == "https" => true,
+        Ok(u) => match u.host() {
+            Some(url::Host::Domain(d)) => d == "localhost",
+            Some(url::Host::Ipv4(ip)) => ip.is_loopback(),
+            Some(url::Host::Ipv6(ip)) => ip.is_loopback(),
+            None => false,
+        },
+        Err(_) => false,
+    }
 }
 
 /// The console half of the access check (see `crate::routes`).
