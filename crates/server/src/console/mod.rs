@@ -2,8 +2,8 @@
 //! binary, auto-escaped), one stylesheet and one small script, no build step.
 //!
 //! Security model:
-//! - a session is a random cookie value (`HttpOnly`, `SameSite=Strict`, `Secure` when the
-//!   public URL is https) known to the store only by its SHA-256;
+//! - a session is a random cookie value (`HttpOnly`, `SameSite=Strict`, `Secure` on https and
+//!   loopback) known to the store only by its SHA-256;
 //! - every POST carries the session's CSRF token (form field `csrf` or `X-CSRF-Token`),
 //!   checked in the guard before any handler runs; the sign-in form uses a double-submit
 //!   token of its own;
