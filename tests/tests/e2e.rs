@@ -644,19 +644,8 @@ async fn whole_flow_on_sqlite() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn whole_flow_on_postgres() {
-    let admin_url = std::env::var("BROADCAST_TEST_POSTGRES_URL")
-        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".into());
-    let name = format!(
-        "bc_e2e_{}_{}",
-        std::process::id(),
-        std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_millis()
-    );
-    let admin = sqlx::PgPool::connect(&admin_url)
-        .await
-        .unwrap_or_else(|e| panic!("PostgreSQL at {admin_url} is needed for this test: {e}"));
-    sqlx::query(sqlx::AssertSqlSafe(format!("CREATE DATABASE {name}"))).execute(&admin).await.unwrap();
-    let base = admin_url.rsplit_once('/').map(|(b, _)| b).unwrap().to_owned();
-    whole_flow(&format!("{base}/{name}")).await;
+    let (admin, url, name) = fresh_postgres("e2e").await;
+    whole_flow(&url).await;
     sqlx::query(sqlx::AssertSqlSafe(format!("DROP DATABASE {name} WITH (FORCE)")))
         .execute(&admin)
         .await

@@ -138,6 +138,24 @@ impl Source {
     }
 }
 
+/// A feed's `url`: parsed, and of a scheme the feed may use (`file://` for recorded data
+/// where `allow_file`).
+pub(crate) fn feed_url(feed: &str, raw: &str, allow_file: bool) -> Result<url::Url, ConfigError> {
+    let err = |why: String| ConfigError { feed: feed.to_owned(), key: "url", why };
+    let url = url::Url::parse(raw).map_err(|e| err(format!("`{raw}` is not a URL: {e}")))?;
+    match url.scheme() {
+        "http" | "https" => Ok(url),
+        "file" if allow_file => Ok(url),
+        _ if allow_file => Err(err(format!("`{raw}` must be http(s):// or file://"))),
+        _ => Err(err(format!("`{raw}` must be http(s)://"))),
+    }
+}
+
+/// serde default for `enabled`.
+pub(crate) fn yes() -> bool {
+    true
+}
+
 /// A configuration that cannot work, naming the feed and the key.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("feed `{feed}`: {key}: {why}")]

@@ -92,75 +92,45 @@ pub async fn ingest(mut settings: Settings, dir: &Path, store_url: Option<String
             };
             *reasons.entry(format!("{k}: {short}")).or_default() += 1;
         };
-        let (docs, refused_file, refused_items) = match k {
-            "rss/atom" => match rss::parse_feed(source, Tlp::Clear, body) {
-                Ok(p) => {
-                    let n = p.items.len();
-                    let r = p.refused.len();
-                    items.extend(p.items);
-                    (n, false, r)
-                }
-                Err(e) => {
-                    refuse(e.0);
-                    (0, true, 0)
-                }
-            },
-            "csaf" => match csaf::parse_document(source, body) {
-                Ok(a) => {
-                    items.push(a);
-                    (1, false, 0)
-                }
-                Err(e) => {
-                    refuse(e.0);
-                    (0, true, 0)
-                }
-            },
-            "nvd" => match nvd::parse_page(source, body) {
-                Ok(p) => {
-                    let n = p.items.len();
-                    let r = p.refused.len();
-                    items.extend(p.items);
-                    (n, false, r)
-                }
-                Err(e) => {
-                    refuse(e.0);
-                    (0, true, 0)
-                }
-            },
-            "nvd-record" => match nvd::parse_cve(source, json.as_ref().expect("json")) {
-                Ok(a) => {
-                    items.push(a);
-                    (1, false, 0)
-                }
-                Err(e) => {
-                    refuse(e.0);
-                    (0, true, 0)
-                }
-            },
-            "kev" => match kev::parse_catalog(body) {
-                Ok(p) => {
-                    let n = p.kev.len();
-                    let r = p.refused.len();
-                    listings.extend(p.kev);
-                    (n, false, r)
-                }
-                Err(e) => {
-                    refuse(e.0);
-                    (0, true, 0)
-                }
-            },
+        // Documents read and items refused, or why the whole file was refused.
+        let outcome: Option<Result<(usize, usize), broadcast_collect::ParseError>> = match k {
+            "rss/atom" => Some(rss::parse_feed(source, Tlp::Clear, body).map(|p| {
+                let counts = (p.items.len(), p.refused.len());
+                items.extend(p.items);
+                counts
+            })),
+            "csaf" => Some(csaf::parse_document(source, body).map(|a| {
+                items.push(a);
+                (1, 0)
+            })),
+            "nvd" => Some(nvd::parse_page(source, body).map(|p| {
+                let counts = (p.items.len(), p.refused.len());
+                items.extend(p.items);
+                counts
+            })),
+            "nvd-record" => Some(nvd::parse_cve(source, json.as_ref().expect("json")).map(|a| {
+                items.push(a);
+                (1, 0)
+            })),
+            "kev" => Some(kev::parse_catalog(body).map(|p| {
+                let counts = (p.kev.len(), p.refused.len());
+                listings.extend(p.kev);
+                counts
+            })),
             "rolie" | "csaf directory" => {
                 let url =
                     url::Url::from_file_path(path.canonicalize()?).map_err(|_| anyhow::anyhow!("path"))?;
-                match csaf_provider::list_documents(&url, body) {
-                    Ok(d) => (d.len(), false, 0),
-                    Err(e) => {
-                        refuse(e.0);
-                        (0, true, 0)
-                    }
-                }
+                Some(csaf_provider::list_documents(&url, body).map(|d| (d.len(), 0)))
             }
-            _ => (0, false, 0),
+            _ => None,
+        };
+        let (docs, refused_file, refused_items) = match outcome {
+            None => (0, false, 0),
+            Some(Ok((n, r))) => (n, false, r),
+            Some(Err(e)) => {
+                refuse(e.0);
+                (0, true, 0)
+            }
         };
         let s = stats.entry(k).or_default();
         s.files += 1;

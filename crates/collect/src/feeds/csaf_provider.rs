@@ -23,9 +23,6 @@ use sha2::Digest;
 fn default_schedule() -> String {
     "0 */30 * * * *".into()
 }
-fn yes() -> bool {
-    true
-}
 fn default_max() -> usize {
     500
 }
@@ -43,7 +40,7 @@ pub struct CsafConfig {
     pub url: String,
     #[serde(default = "default_schedule")]
     pub schedule: String,
-    #[serde(default = "yes")]
+    #[serde(default = "crate::yes")]
     pub enabled: bool,
     /// Documents fetched per run at most (the rest follow on the next runs).
     #[serde(default = "default_max")]

@@ -19,9 +19,6 @@ fn default_schedule() -> String {
 fn default_url() -> String {
     "https://www.cisa.gov/sites/default/files/feeds/known_exploited_vulnerabilities.json".into()
 }
-fn yes() -> bool {
-    true
-}
 
 /// `type = "kev"`.
 #[derive(Clone, Debug, Deserialize, PartialEq)]
@@ -32,7 +29,7 @@ pub struct KevConfig {
     pub url: String,
     #[serde(default = "default_schedule")]
     pub schedule: String,
-    #[serde(default = "yes")]
+    #[serde(default = "crate::yes")]
     pub enabled: bool,
 }
 
@@ -43,19 +40,7 @@ pub struct KevFeed {
 
 impl KevFeed {
     pub fn new(cfg: &KevConfig) -> Result<Self, ConfigError> {
-        let url = url::Url::parse(&cfg.url).map_err(|e| ConfigError {
-            feed: cfg.id.clone(),
-            key: "url",
-            why: format!("`{}` is not a URL: {e}", cfg.url),
-        })?;
-        if !matches!(url.scheme(), "http" | "https" | "file") {
-            return Err(ConfigError {
-                feed: cfg.id.clone(),
-                key: "url",
-                why: format!("`{}` must be http(s):// or file://", cfg.url),
-            });
-        }
-        Ok(KevFeed { id: cfg.id.clone(), url })
+        Ok(KevFeed { id: cfg.id.clone(), url: crate::feed_url(&cfg.id, &cfg.url, true)? })
     }
 }
 

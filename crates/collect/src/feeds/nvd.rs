@@ -150,9 +150,6 @@ fn default_url() -> String {
 fn default_schedule() -> String {
     "0 0 */2 * * *".into()
 }
-fn yes() -> bool {
-    true
-}
 fn default_page() -> u32 {
     2000
 }
@@ -172,7 +169,7 @@ pub struct NvdConfig {
     pub url: String,
     #[serde(default = "default_schedule")]
     pub schedule: String,
-    #[serde(default = "yes")]
+    #[serde(default = "crate::yes")]
     pub enabled: bool,
     /// Sent as the `apiKey` header; raises NVD's limit from 5 to 50 requests per 30 s.
     /// Prefer `BROADCAST_FEEDS__N__API_KEY`-style secrets out of files where you can.

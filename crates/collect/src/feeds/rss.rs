@@ -12,9 +12,6 @@ use serde::Deserialize;
 fn default_schedule() -> String {
     "0 */15 * * * *".into()
 }
-fn yes() -> bool {
-    true
-}
 
 /// `type = "rss"`.
 #[derive(Clone, Debug, Deserialize, PartialEq)]
@@ -26,7 +23,7 @@ pub struct RssConfig {
     /// Cron, seconds first. Default: every 15 minutes.
     #[serde(default = "default_schedule")]
     pub schedule: String,
-    #[serde(default = "yes")]
+    #[serde(default = "crate::yes")]
     pub enabled: bool,
     /// TLP to mark this feed's advisories with. Default CLEAR (public feeds).
     #[serde(default)]
@@ -41,18 +38,7 @@ pub struct RssFeed {
 
 impl RssFeed {
     pub fn new(cfg: &RssConfig) -> Result<Self, ConfigError> {
-        let url = url::Url::parse(&cfg.url).map_err(|e| ConfigError {
-            feed: cfg.id.clone(),
-            key: "url",
-            why: format!("`{}` is not a URL: {e}", cfg.url),
-        })?;
-        if !matches!(url.scheme(), "http" | "https" | "file") {
-            return Err(ConfigError {
-                feed: cfg.id.clone(),
-                key: "url",
-                why: format!("`{}` must be http(s):// or file://", cfg.url),
-            });
-        }
+        let url = crate::feed_url(&cfg.id, &cfg.url, true)?;
         Ok(RssFeed { id: cfg.id.clone(), url, tlp: cfg.tlp })
     }
 }
