@@ -407,3 +407,65 @@ async fn sign_in_is_rate_limited_and_cookies_are_locked_down() {
         .unwrap();
     assert_eq!(forged.status(), StatusCode::FORBIDDEN);
 }
+
+/// The queue as an analyst sees it: one row per real issue (the other source named), and a
+/// burst of candidates for one product folded into a notice above the list.
+#[tokio::test]
+async fn the_queue_folds_issues_and_shows_bursts() {
+    let dir = tempfile::tempdir().unwrap();
+    let app = app(dir.path()).await;
+    let now = Utc::now();
+    let mut rec = |source: &str, ext: &str, title: &str, cve: &str| {
+        let mut a = broadcast_core::AdvisoryContent::new(source, ext, title);
+        a.summary = "Baxter infusion pump remote code execution".into();
+        a.cves = vec![cve.to_owned()];
+        a.published = Some(now);
+        a.affected = vec![broadcast_core::Affected::named("Baxter", "Sigma Spectrum")];
+        a
+    };
+    let store = app.store.clone();
+    store
+        .upsert_advisory(&rec("cisa-csaf", "ICSMA-26-001-01", "Baxter Sigma Spectrum", "CVE-2026-1000"), now)
+        .await
+        .unwrap();
+    store
+        .upsert_advisory(
+            &rec("cisa-rss", "ICSMA-26-001-01", "Baxter Sigma Spectrum (RSS)", "CVE-2026-1000"),
+            now,
+        )
+        .await
+        .unwrap();
+    for n in 1..6 {
+        store
+            .upsert_advisory(
+                &rec(
+                    "vendor",
+                    &format!("BAX-2026-{n:02}"),
+                    &format!("Baxter pump issue {n}"),
+                    &format!("CVE-2026-200{n}"),
+                ),
+                now,
+            )
+            .await
+            .unwrap();
+    }
+    broadcast_server::stages::triage::assess_pending(&app).await.unwrap();
+    let (cookie, _) = session(&app, Role::Analyst).await;
+    let resp = broadcast_server::api::router(app.clone())
+        .oneshot(
+            Request::get("/console/queue")
+                .header(header::COOKIE, format!("broadcast_session={cookie}"))
+                .body(Body::empty())
+                .unwrap(),
+        )
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), StatusCode::OK);
+    let html =
+        String::from_utf8(axum::body::to_bytes(resp.into_body(), 1 << 22).await.unwrap().to_vec()).unwrap();
+    let rows = html.matches("class=\"adv\"").count();
+    assert_eq!(rows, 6, "7 records, 6 issues: the CSAF and RSS records of ICSMA-26-001-01 are one row");
+    assert!(html.contains("also: cisa-"), "the other source is named on the row");
+    assert!(html.contains("id=\"bursts\""), "a burst for baxter/sigma spectrum is shown");
+    assert!(html.contains("<strong>6</strong> issues for baxter sigma spectrum"), "{html}");
+}

@@ -103,6 +103,17 @@ pub async fn queue(
     let level = if q.level.is_empty() { None } else { Some(parse::<ThreatLevel>("threat level", &q.level)?) };
     let (vendor, needle) = (q.vendor.trim().to_lowercase(), q.q.trim().to_lowercase());
     let collapsed = app.collapse_issues(list).await?;
+    // Storm control: bursts of issues for one vendor/product, shown above the list.
+    let representatives: Vec<_> = collapsed.iter().map(|(c, _, _)| c.clone()).collect();
+    let bursts: Vec<serde_json::Value> = app
+        .group_candidates(&representatives)
+        .into_iter()
+        .filter(|g| g.count > 1)
+        .map(|g| {
+            let vendor = url_part(g.key.split('/').next().unwrap_or(""));
+            json!({ "label": g.key.replace('/', " "), "count": g.count, "vendor": vendor, "top": g.top.id })
+        })
+        .collect();
     let rows: Vec<serde_json::Value> = collapsed
         .iter()
         .filter(|(c, _, _)| level.is_none_or(|l| c.assessment.threat_level == l))
@@ -147,7 +158,7 @@ pub async fn queue(
         })
         .collect();
     let ctx = minijinja::context! {
-        rows => Serde(rows), sources => sources, levels => ThreatLevel::ALL.map(|l| l.as_str()),
+        rows => Serde(rows), bursts => Serde(bursts), sources => sources, levels => ThreatLevel::ALL.map(|l| l.as_str()),
         f => Serde(json!({ "level": q.level, "vendor": q.vendor, "source": q.source, "kind": q.kind, "q": q.q, "all": all })),
         ..base(&s)
     };
