@@ -415,7 +415,7 @@ async fn the_queue_folds_issues_and_shows_bursts() {
     let dir = tempfile::tempdir().unwrap();
     let app = app(dir.path()).await;
     let now = Utc::now();
-    let mut rec = |source: &str, ext: &str, title: &str, cve: &str| {
+    let rec = |source: &str, ext: &str, title: &str, cve: &str| {
         let mut a = broadcast_core::AdvisoryContent::new(source, ext, title);
         a.summary = "Baxter infusion pump remote code execution".into();
         a.cves = vec![cve.to_owned()];
