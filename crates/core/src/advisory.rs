@@ -180,40 +180,6 @@ impl AdvisoryContent {
         out
     }
 
-    /// The identifiers that say which real issue this record is about. Two records with a
-    /// key in common are the same issue (see docs/COLLECTORS.md, "One advisory per issue"):
-    ///
-    /// - the record's own id when it is an advisory id (ICSMA-24-200-01, CVE-2024-1234,
-    ///   GHSA-…, ALAS-2018-1106, cisco-sa-…), not a URL or a bare number;
-    /// - GHSA ids it names;
-    /// - its CVE id only when it is about exactly one CVE. A bulletin listing several CVEs
-    ///   (often a bundled component's) does not claim to *be* any of them, so two bulletins
-    ///   sharing a component's CVE never fuse, and nothing merges transitively through them.
-    pub fn identity_keys(&self) -> Vec<String> {
-        let mut keys = Vec::new();
-        let own = self.external_id.trim().to_ascii_uppercase();
-        let looks_like_id = (6..=64).contains(&own.len())
-            && own.starts_with(|c: char| c.is_ascii_alphabetic())
-            && own.contains('-')
-            && own.bytes().any(|b| b.is_ascii_digit())
-            && own.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b':' | b'.' | b'_'));
-        if looks_like_id && !own.starts_with("HTTP") {
-            keys.push(own);
-        }
-        let text = format!("{} {} {}", self.external_id, self.title, self.summary);
-        for g in find_ghsa_ids(&text) {
-            if !keys.contains(&g) {
-                keys.push(g);
-            }
-        }
-        if let [only] = self.cves.as_slice()
-            && !keys.contains(only)
-        {
-            keys.push(only.clone());
-        }
-        keys
-    }
-
     /// Checks the invariants every stored advisory must meet. Feeds call this so that a
     /// malformed item is refused with a reason instead of being stored half-way.
     pub fn validate(&self) -> Result<(), String> {
@@ -245,30 +211,6 @@ pub struct Advisory {
     pub last_changed: DateTime<Utc>,
     #[serde(flatten)]
     pub content: AdvisoryContent,
-}
-
-/// GHSA ids (`GHSA-xxxx-xxxx-xxxx`) in text, upper-cased.
-pub fn find_ghsa_ids(text: &str) -> Vec<String> {
-    let mut out: Vec<String> = Vec::new();
-    let upper = text.to_ascii_uppercase();
-    let b = upper.as_bytes();
-    let mut i = 0;
-    while let Some(pos) = upper[i..].find("GHSA-") {
-        let start = i + pos;
-        let end = start + 19;
-        if end <= b.len() {
-            let cand = &upper[start..end];
-            let parts: Vec<&str> = cand[5..].split('-').collect();
-            let ok = parts.len() == 3
-                && parts.iter().all(|p| p.len() == 4 && p.bytes().all(|c| c.is_ascii_alphanumeric()))
-                && b.get(end).is_none_or(|c| !c.is_ascii_alphanumeric());
-            if ok && !out.iter().any(|o| o == cand) {
-                out.push(cand.to_owned());
-            }
-        }
-        i = start + 5;
-    }
-    out
 }
 
 /// Finds CVE identifiers (`CVE-YYYY-NNNN…`) in free text, upper-cased, de-duplicated, in
@@ -315,24 +257,6 @@ mod tests {
         assert!(extract_cve_ids("").is_empty());
         assert_eq!(extract_cve_ids("CVE-2021-44228"), vec!["CVE-2021-44228"]);
         assert!(extract_cve_ids("CVE-2021-123").is_empty());
-    }
-
-    #[test]
-    fn identity_keys_follow_the_join_rule() {
-        let mut csaf = AdvisoryContent::new("csaf", "ICSMA-24-200-01", "Pump");
-        csaf.cves = vec!["CVE-2024-0001".into()];
-        assert_eq!(csaf.identity_keys(), ["ICSMA-24-200-01", "CVE-2024-0001"]);
-        let mut bundle = AdvisoryContent::new("vendor", "https://vendor.example/sa/10", "OpenSSL update");
-        bundle.cves = vec!["CVE-2024-0001".into(), "CVE-2024-0009".into()];
-        assert!(bundle.identity_keys().is_empty(), "URL ids and a CVE list are not identities");
-        let mut osv = AdvisoryContent::new("osv", "GHSA-abcd-1234-wxyz", "lib");
-        osv.summary = "also GHSA-abcd-1234-wxyz and GHSA-zzzz-9999-yyyy; not GHSA-short".into();
-        assert_eq!(osv.identity_keys(), ["GHSA-ABCD-1234-WXYZ", "GHSA-ZZZZ-9999-YYYY"]);
-        assert!(
-            AdvisoryContent::new("rss", "12345", "x").identity_keys().is_empty(),
-            "bare numbers are not ids"
-        );
-        assert_eq!(find_ghsa_ids("ghsa-abcd-1234-wxyzq"), Vec::<String>::new());
     }
 
     #[test]

@@ -18,7 +18,6 @@ pub mod tlp;
 
 pub use advisory::{
     Advisory, AdvisoryContent, Affected, Cvss, IncidentReport, KevEntry, KevListing, extract_cve_ids,
-    find_ghsa_ids,
 };
 pub use assessment::{Assessment, ThreatLevel, ThreatLevelError};
 pub use bulletin::{

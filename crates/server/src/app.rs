@@ -83,6 +83,16 @@ impl App {
 }
 
 impl App {
+    /// Stores an advisory as collected, joined to its real issue by triage's identity keys.
+    pub async fn store_advisory(
+        &self,
+        content: &broadcast_core::AdvisoryContent,
+        now: chrono::DateTime<chrono::Utc>,
+    ) -> Result<broadcast_store::Upserted, StoreError> {
+        let keys = broadcast_triage::issue::identity_keys(content);
+        self.store.upsert_advisory_keyed(content, &keys, now).await
+    }
+
     /// Records who created an organisation, contact or endpoint. (The store's creation
     /// functions predate the audit log and take no actor; the entry is appended right after.)
     pub async fn audit_created(

@@ -140,7 +140,7 @@ pub async fn submit(
 ) -> Result<(StatusCode, Json<Value>), ApiError> {
     let now = Utc::now();
     let content = to_advisory(&org, body, now)?;
-    let u = app.store.upsert_advisory(&content, now).await?;
+    let u = app.store_advisory(&content, now).await?;
     app.wake_triage.notify_one();
     tracing::info!(org = %org.name, advisory.id = %u.id, change = ?u.change, "incident reported");
     let status = if u.change == broadcast_store::Change::New { StatusCode::CREATED } else { StatusCode::OK };

@@ -150,7 +150,7 @@ pub async fn ingest(mut settings: Settings, dir: &Path, store_url: Option<String
     let t = Instant::now();
     let mut stored = 0;
     for a in &items {
-        match app.store.upsert_advisory(a, Utc::now()).await {
+        match app.store_advisory(a, Utc::now()).await {
             Ok(_) => stored += 1,
             Err(e) => *reasons.entry(format!("store: {e}")).or_default() += 1,
         }

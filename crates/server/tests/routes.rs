@@ -423,31 +423,28 @@ async fn the_queue_folds_issues_and_shows_bursts() {
         a.affected = vec![broadcast_core::Affected::named("Baxter", "Sigma Spectrum")];
         a
     };
-    let store = app.store.clone();
-    store
-        .upsert_advisory(&rec("cisa-csaf", "ICSMA-26-001-01", "Baxter Sigma Spectrum", "CVE-2026-1000"), now)
+    // Stored as the collector stores them: joined to their issue by triage's keys.
+    app.store_advisory(&rec("cisa-csaf", "ICSMA-26-001-01", "Baxter Sigma Spectrum", "CVE-2026-1000"), now)
         .await
         .unwrap();
-    store
-        .upsert_advisory(
-            &rec("cisa-rss", "ICSMA-26-001-01", "Baxter Sigma Spectrum (RSS)", "CVE-2026-1000"),
+    app.store_advisory(
+        &rec("cisa-rss", "ICSMA-26-001-01", "Baxter Sigma Spectrum (RSS)", "CVE-2026-1000"),
+        now,
+    )
+    .await
+    .unwrap();
+    for n in 1..6 {
+        app.store_advisory(
+            &rec(
+                "vendor",
+                &format!("BAX-2026-{n:02}"),
+                &format!("Baxter pump issue {n}"),
+                &format!("CVE-2026-200{n}"),
+            ),
             now,
         )
         .await
         .unwrap();
-    for n in 1..6 {
-        store
-            .upsert_advisory(
-                &rec(
-                    "vendor",
-                    &format!("BAX-2026-{n:02}"),
-                    &format!("Baxter pump issue {n}"),
-                    &format!("CVE-2026-200{n}"),
-                ),
-                now,
-            )
-            .await
-            .unwrap();
     }
     broadcast_server::stages::triage::assess_pending(&app).await.unwrap();
     let (cookie, _) = session(&app, Role::Analyst).await;

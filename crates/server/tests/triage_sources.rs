@@ -109,3 +109,56 @@ async fn a_burst_is_one_grouped_candidate() {
     assert_eq!(burst.top.level, ThreatLevel::High, "the CVSS 9.9 item is on top");
     assert!(groups.iter().any(|g| g.key == "philips/intellivue" && g.count == 1));
 }
+
+fn rec(source: &str, ext: &str, cves: &[&str], text: &str) -> AdvisoryContent {
+    let mut a = AdvisoryContent::new(source, ext, format!("{source} {ext}"));
+    a.cves = cves.iter().map(|c| c.to_string()).collect();
+    a.summary = text.into();
+    a
+}
+
+/// One advisory per real issue, as the collector stores records: CISA's CSAF and RSS
+/// records of one advisory and NVD's record of its CVE are one issue; two vendor bulletins
+/// that merely bundle the same library's CVEs never fuse (with each other or with it); a
+/// record naming a GHSA id and a CVE merges the two issues it proves are one.
+#[tokio::test]
+async fn records_join_one_issue_without_runaway_merges() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut s = Settings::load(None).unwrap();
+    s.store.url = format!("sqlite://{}", dir.path().join("b.db").display());
+    s.triage.watchlist_file = repo().join("config/watchlist.toml").display().to_string();
+    s.bulletins.templates_dir = repo().join("bulletin-templates").display().to_string();
+    let app = broadcast_server::app::App::open(s).await.unwrap();
+    let t0 = Utc.with_ymd_and_hms(2026, 11, 1, 9, 0, 0).unwrap();
+    let put = |c: AdvisoryContent| {
+        let app = app.clone();
+        async move { app.store_advisory(&c, t0).await.unwrap().id }
+    };
+    let members = |id: broadcast_core::AdvisoryId| {
+        let app = app.clone();
+        async move {
+            let mut m: Vec<String> =
+                app.store.issue_members(&id).await.unwrap().into_iter().map(|a| a.content.source).collect();
+            m.sort();
+            m
+        }
+    };
+    let csaf = put(rec("csaf", "ICSMA-24-200-01", &["CVE-2024-0001"], "")).await;
+    put(rec("rss", "ICSMA-24-200-01", &["CVE-2024-0001"], "")).await;
+    put(rec("nvd", "CVE-2024-0001", &["CVE-2024-0001"], "")).await;
+    assert_eq!(members(csaf.clone()).await, ["csaf", "nvd", "rss"]);
+    let a =
+        put(rec("vendor-a", "VSA-2024-10", &["CVE-2024-0001", "CVE-2024-0009", "CVE-2024-0010"], "")).await;
+    let b = put(rec("vendor-b", "XSA-2024-3", &["CVE-2024-0009", "CVE-2024-0011"], "")).await;
+    let n9 = put(rec("nvd", "CVE-2024-0009", &["CVE-2024-0009"], "")).await;
+    assert_eq!(members(a).await, ["vendor-a"]);
+    assert_eq!(members(b).await, ["vendor-b"]);
+    assert_eq!(members(n9).await, ["nvd"]);
+    assert_eq!(members(csaf).await, ["csaf", "nvd", "rss"], "no runaway merge through a bundle");
+    let ghsa = put(rec("osv", "GHSA-abcd-1234-wxyz", &[], "lib flaw")).await;
+    let n5 = put(rec("nvd", "CVE-2024-0005", &["CVE-2024-0005"], "")).await;
+    assert_eq!(members(ghsa.clone()).await, ["osv"]);
+    put(rec("vendor-c", "https://c.example/1", &["CVE-2024-0005"], "see GHSA-abcd-1234-wxyz")).await;
+    assert_eq!(members(ghsa).await, ["nvd", "osv", "vendor-c"]);
+    assert_eq!(members(n5).await, ["nvd", "osv", "vendor-c"]);
+}

@@ -545,8 +545,21 @@ impl Store {
     // ----- advisories -------------------------------------------------------------------
 
     /// Stores what a feed reported. The same `(source, external_id)` with the same content
-    /// stores nothing; changed content becomes the next revision of the same advisory.
+    /// stores nothing; changed content becomes the next revision of the same advisory. The
+    /// record stays its own issue (or keeps the one it is in); see [`Store::upsert_advisory_keyed`].
     pub async fn upsert_advisory(&self, content: &AdvisoryContent, now: DateTime<Utc>) -> Result<Upserted> {
+        self.upsert_advisory_keyed(content, &[], now).await
+    }
+
+    /// [`Store::upsert_advisory`], joining the record to the issue its identity `keys`
+    /// name (triage decides the keys: `broadcast_triage::issue::identity_keys`), and merging
+    /// issues the keys show are one. Done in the same transaction as the revision.
+    pub async fn upsert_advisory_keyed(
+        &self,
+        content: &AdvisoryContent,
+        keys: &[String],
+        now: DateTime<Utc>,
+    ) -> Result<Upserted> {
         content.validate().map_err(|why| StoreError::Invalid { what: "advisory", why })?;
         let now = db_time(now);
         dispatch!(self, pool => {
@@ -621,12 +634,11 @@ impl Store {
             };
             if out.change != Change::Unchanged {
                 // Join the record to its issue (merging issues its keys show are one).
-                let keys = content.identity_keys();
                 let mut issues: Vec<String> = Vec::new();
                 if !keys.is_empty() {
                     let mut qb = QueryBuilder::new("SELECT DISTINCT issue_id FROM issue_keys WHERE key IN (");
                     let mut sep = qb.separated(", ");
-                    for k in &keys {
+                    for k in keys {
                         sep.push_bind(k.clone());
                     }
                     sep.push_unseparated(")");
@@ -644,7 +656,7 @@ impl Store {
                     sqlx::query("UPDATE issue_keys SET issue_id = $1 WHERE issue_id = $2").bind(&target).bind(other).execute(&mut *tx).await?;
                 }
                 sqlx::query("UPDATE advisories SET issue_id = $1 WHERE id = $2").bind(&target).bind(out.id.as_str()).execute(&mut *tx).await?;
-                for k in &keys {
+                for k in keys {
                     sqlx::query("INSERT INTO issue_keys (key, issue_id) VALUES ($1, $2) ON CONFLICT (key) DO UPDATE SET issue_id = excluded.issue_id")
                         .bind(k).bind(&target).execute(&mut *tx).await?;
                 }

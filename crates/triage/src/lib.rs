@@ -49,6 +49,7 @@
 mod assess;
 pub mod eval;
 pub mod group;
+pub mod issue;
 mod watchlist;
 
 pub use assess::{

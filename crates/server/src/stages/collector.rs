@@ -91,7 +91,7 @@ pub async fn collect_once_with(
             }
             report.refused = parsed.refused.len();
             for item in &parsed.items {
-                match app.store.upsert_advisory(item, Utc::now()).await {
+                match app.store_advisory(item, Utc::now()).await {
                     Ok(u) => match u.change {
                         Change::New => report.new += 1,
                         Change::Revised => report.revised += 1,
