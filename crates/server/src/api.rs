@@ -641,9 +641,7 @@ async fn create_org(
         .map(parse::<ThreatLevel>)
         .transpose()?
         .unwrap_or(ThreatLevel::Information);
-    let org = app.store.create_organisation(&req.name, tlp, level, Utc::now()).await?;
-    app.audit_created(a.id.as_str(), "organisation.create", org.id.as_str(), json!({ "name": org.name }))
-        .await?;
+    let org = app.store.create_organisation_by(a.id.as_str(), &req.name, tlp, level, Utc::now()).await?;
     Ok((StatusCode::CREATED, Json(json!(org))))
 }
 
@@ -710,14 +708,7 @@ async fn add_contact(
     JsonBody(req): JsonBody<NewContact>,
 ) -> ApiResult<(StatusCode, Json<Value>)> {
     require(&a, a.role.can_administer(), "manage contacts")?;
-    let c = app.store.add_contact(&key, &req.email, &req.name, Utc::now()).await?;
-    app.audit_created(
-        a.id.as_str(),
-        "contact.create",
-        c.id.as_str(),
-        json!({ "org": c.org_id, "email": c.email }),
-    )
-    .await?;
+    let c = app.store.add_contact_by(a.id.as_str(), &key, &req.email, &req.name, Utc::now()).await?;
     Ok((StatusCode::CREATED, Json(json!(c))))
 }
 
@@ -748,14 +739,7 @@ async fn add_endpoint(
     };
     let format =
         req.format.as_deref().map(parse::<broadcast_core::EndpointFormat>).transpose()?.unwrap_or_default();
-    let ep = app.store.add_endpoint_with_format(&key, &req.url, &secret, format, Utc::now()).await?;
-    app.audit_created(
-        a.id.as_str(),
-        "endpoint.create",
-        ep.id.as_str(),
-        json!({ "org": ep.org_id, "url": ep.url }),
-    )
-    .await?;
+    let ep = app.store.add_endpoint_by(a.id.as_str(), &key, &req.url, &secret, format, Utc::now()).await?;
     // The secret is shown once, here; it is never returned again.
     let mut v = json!(ep);
     v["secret"] = json!(secret);

@@ -92,18 +92,6 @@ impl App {
         let keys = broadcast_triage::issue::identity_keys(content);
         self.store.upsert_advisory_keyed(content, &keys, now).await
     }
-
-    /// Records who created an organisation, contact or endpoint. (The store's creation
-    /// functions predate the audit log and take no actor; the entry is appended right after.)
-    pub async fn audit_created(
-        &self,
-        actor: &str,
-        action: &str,
-        subject: &str,
-        details: serde_json::Value,
-    ) -> Result<(), StoreError> {
-        self.store.append_audit(actor, action, subject, details, chrono::Utc::now()).await
-    }
 }
 
 /// A candidate standing for its issue: the issue id and the other records

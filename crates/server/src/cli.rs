@@ -591,14 +591,7 @@ async fn execute(cli: Cli) -> Result<()> {
             OrgCmd::Add { name, tlp_clearance, min_level } => {
                 let tlp: Tlp = tlp_clearance.parse()?;
                 let level: ThreatLevel = min_level.parse()?;
-                let o = app.store.create_organisation(&name, tlp, level, now).await?;
-                app.audit_created(
-                    "operator",
-                    "organisation.create",
-                    o.id.as_str(),
-                    serde_json::json!({ "name": o.name }),
-                )
-                .await?;
+                let o = app.store.create_organisation_by("operator", &name, tlp, level, now).await?;
                 println!("{}", o.id);
             }
             OrgCmd::List => {
@@ -649,14 +642,7 @@ async fn execute(cli: Cli) -> Result<()> {
             }
         },
         Command::Contact(ContactCmd::Add { org, email, name }) => {
-            let c = app.store.add_contact(&org, &email, &name, now).await?;
-            app.audit_created(
-                "operator",
-                "contact.create",
-                c.id.as_str(),
-                serde_json::json!({ "org": c.org_id, "email": c.email }),
-            )
-            .await?;
+            let c = app.store.add_contact_by("operator", &org, &email, &name, now).await?;
             println!("{}", c.id);
         }
         Command::Endpoint(EndpointCmd::Rotate { id, overlap_hours }) => {
@@ -681,14 +667,7 @@ async fn execute(cli: Cli) -> Result<()> {
                     (broadcast_distribute::sign::secret_from_bytes(&crate::auth::random_secret_bytes()), true)
                 }
             };
-            let ep = app.store.add_endpoint_with_format(&org, &url, &secret, format, now).await?;
-            app.audit_created(
-                "operator",
-                "endpoint.create",
-                ep.id.as_str(),
-                serde_json::json!({ "org": ep.org_id, "url": ep.url }),
-            )
-            .await?;
+            let ep = app.store.add_endpoint_by("operator", &org, &url, &secret, format, now).await?;
             println!("{}", ep.id);
             if show {
                 eprintln!("signing secret (shown once; give it to the receiver):");

@@ -1485,6 +1485,18 @@ impl Store {
         min_threat_level: ThreatLevel,
         now: DateTime<Utc>,
     ) -> Result<Organisation> {
+        self.create_organisation_by("operator", name, tlp_clearance, min_threat_level, now).await
+    }
+
+    /// Creates an organisation, audited as `actor`'s in the same transaction.
+    pub async fn create_organisation_by(
+        &self,
+        actor: &str,
+        name: &str,
+        tlp_clearance: Tlp,
+        min_threat_level: ThreatLevel,
+        now: DateTime<Utc>,
+    ) -> Result<Organisation> {
         let name = name.trim();
         if name.is_empty() || name.chars().count() > 200 {
             return Err(StoreError::Invalid {
@@ -1502,15 +1514,17 @@ impl Store {
             created_at: db_time(now),
         };
         dispatch!(self, pool => {
+            let mut tx = pool.begin_write().await?;
             sqlx::query("INSERT INTO organisations (id, name, tlp_clearance, min_threat_level, created_at) VALUES ($1, $2, $3, $4, $5)")
                 .bind(org.id.as_str()).bind(&org.name).bind(tlp_clearance.as_str()).bind(min_threat_level.as_str()).bind(org.created_at)
-                .execute(pool).await
+                .execute(&mut *tx).await
                 .map_err(|e| unique_as_conflict(e, || format!("organisation `{name}` already exists")))?;
+            audit!(tx, actor, "organisation.create", org.id, serde_json::json!({ "name": org.name }).to_string(), org.created_at);
+            tx.commit().await?;
             Ok(org)
         })
     }
 
-    /// Finds an organisation by id or exact name.
     /// Gives an organisation a new incident-API token (stored hashed; the old one stops
     /// working). Audited without the token.
     pub async fn set_org_incident_token(
@@ -1545,6 +1559,7 @@ impl Store {
         }
     }
 
+    /// Finds an organisation by id or exact name.
     pub async fn get_organisation(&self, key: &str) -> Result<Organisation> {
         dispatch!(self, pool => {
             let row: Option<OrgRow> = sqlx::query_as("SELECT * FROM organisations WHERE id = $1 OR name = $1")
@@ -1695,6 +1710,18 @@ impl Store {
         name: &str,
         now: DateTime<Utc>,
     ) -> Result<Contact> {
+        self.add_contact_by("operator", org, email, name, now).await
+    }
+
+    /// Adds a contact, audited as `actor`'s in the same transaction.
+    pub async fn add_contact_by(
+        &self,
+        actor: &str,
+        org: &str,
+        email: &str,
+        name: &str,
+        now: DateTime<Utc>,
+    ) -> Result<Contact> {
         broadcast_core::validate_email(email)
             .map_err(|why| StoreError::Invalid { what: "contact email", why })?;
         let org = self.get_organisation(org).await?;
@@ -1708,10 +1735,13 @@ impl Store {
             created_at: db_time(now),
         };
         dispatch!(self, pool => {
+            let mut tx = pool.begin_write().await?;
             sqlx::query("INSERT INTO contacts (id, org_id, email, name, unsubscribed, created_at) VALUES ($1, $2, $3, $4, FALSE, $5)")
                 .bind(contact.id.as_str()).bind(org.id.as_str()).bind(&contact.email).bind(&contact.name).bind(contact.created_at)
-                .execute(pool).await
+                .execute(&mut *tx).await
                 .map_err(|e| unique_as_conflict(e, || format!("`{email}` is already a contact of {}", org.name)))?;
+            audit!(tx, actor, "contact.create", contact.id, serde_json::json!({ "org": org.id, "email": contact.email }).to_string(), contact.created_at);
+            tx.commit().await?;
             Ok(contact)
         })
     }
@@ -1731,6 +1761,20 @@ impl Store {
     /// Adds a webhook endpoint receiving `format`.
     pub async fn add_endpoint_with_format(
         &self,
+        org: &str,
+        url: &str,
+        secret: &str,
+        format: EndpointFormat,
+        now: DateTime<Utc>,
+    ) -> Result<Endpoint> {
+        self.add_endpoint_by("operator", org, url, secret, format, now).await
+    }
+
+    /// Adds a webhook endpoint, audited as `actor`'s in the same transaction (the secret is
+    /// not in the entry).
+    pub async fn add_endpoint_by(
+        &self,
+        actor: &str,
         org: &str,
         url: &str,
         secret: &str,
@@ -1760,9 +1804,12 @@ impl Store {
             failure_warned_at: None,
         };
         dispatch!(self, pool => {
+            let mut tx = pool.begin_write().await?;
             sqlx::query("INSERT INTO endpoints (id, org_id, url, secret, enabled, created_at, format) VALUES ($1, $2, $3, $4, TRUE, $5, $6)")
                 .bind(ep.id.as_str()).bind(org.id.as_str()).bind(&ep.url).bind(&ep.secret).bind(ep.created_at).bind(format.as_str())
-                .execute(pool).await?;
+                .execute(&mut *tx).await?;
+            audit!(tx, actor, "endpoint.create", ep.id, serde_json::json!({ "org": org.id, "url": ep.url }).to_string(), ep.created_at);
+            tx.commit().await?;
             Ok(ep)
         })
     }

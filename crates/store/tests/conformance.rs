@@ -147,8 +147,26 @@ conformance!(
 /// Broadcast's own disabling owes the organisation a notice, in the same transaction; it stays
 /// owed (retry time) until sent; an admin's disabling owes none, and enabling cancels one.
 async fn disable_notices_are_owed_until_sent(s: Store) {
-    let org = s.create_organisation("Trust", Tlp::Clear, ThreatLevel::Information, t0()).await.unwrap();
-    let a = s.add_endpoint(org.id.as_str(), "https://a.example/hook", "whsec_eA==", t0()).await.unwrap();
+    let org = s
+        .create_organisation_by("usr_admin", "Trust", Tlp::Clear, ThreatLevel::Information, t0())
+        .await
+        .unwrap();
+    let a = s
+        .add_endpoint_by(
+            "usr_admin",
+            org.id.as_str(),
+            "https://a.example/hook",
+            "whsec_eA==",
+            EndpointFormat::Broadcast,
+            t0(),
+        )
+        .await
+        .unwrap();
+    // Creations are audited with who made them, without the endpoint's secret.
+    let log = s.audit_entries(0, 100).await.unwrap();
+    let made: Vec<(&str, &str)> = log.iter().map(|e| (e.action.as_str(), e.actor.as_str())).collect();
+    assert_eq!(made, [("organisation.create", "usr_admin"), ("endpoint.create", "usr_admin")]);
+    assert!(!log[1].details.contains("whsec_"), "{}", log[1].details);
     let b = s.add_endpoint(org.id.as_str(), "https://b.example/hook", "whsec_eA==", t0()).await.unwrap();
     assert!(s.due_disable_notices(t0()).await.unwrap().is_empty());
     assert!(s.disable_failing_endpoint(&a.id, "failing for 5 days", t0()).await.unwrap());

@@ -546,14 +546,10 @@ pub async fn org_create(
 ) -> ConsoleResult {
     let tlp = parse::<Tlp>("TLP clearance", f.get("tlp_clearance"))?;
     let level = parse::<ThreatLevel>("minimum threat level", f.get("min_threat_level"))?;
-    let org = app.store.create_organisation(f.get("name"), tlp, level, Utc::now()).await?;
-    app.audit_created(
-        s.analyst.id.as_str(),
-        "organisation.create",
-        org.id.as_str(),
-        json!({ "name": org.name }),
-    )
-    .await?;
+    let org = app
+        .store
+        .create_organisation_by(s.analyst.id.as_str(), f.get("name"), tlp, level, Utc::now())
+        .await?;
     Ok(see_other(&format!("/console/organisations/{}", org.id)))
 }
 
@@ -597,14 +593,7 @@ pub async fn contact_add(
     Extension(f): Extension<FormData>,
     Path(key): Path<String>,
 ) -> ConsoleResult {
-    let c = app.store.add_contact(&key, f.get("email"), f.get("name"), Utc::now()).await?;
-    app.audit_created(
-        s.analyst.id.as_str(),
-        "contact.create",
-        c.id.as_str(),
-        json!({ "org": c.org_id, "email": c.email }),
-    )
-    .await?;
+    app.store.add_contact_by(s.analyst.id.as_str(), &key, f.get("email"), f.get("name"), Utc::now()).await?;
     Ok(see_other(&format!("/console/organisations/{}", url_part(&key))))
 }
 
@@ -620,15 +609,10 @@ pub async fn endpoint_add(
         "" => Default::default(),
         x => parse::<broadcast_core::EndpointFormat>("format", x)?,
     };
-    let ep =
-        app.store.add_endpoint_with_format(&key, f.get("url").trim(), &secret, format, Utc::now()).await?;
-    app.audit_created(
-        s.analyst.id.as_str(),
-        "endpoint.create",
-        ep.id.as_str(),
-        json!({ "org": ep.org_id, "url": ep.url }),
-    )
-    .await?;
+    let ep = app
+        .store
+        .add_endpoint_by(s.analyst.id.as_str(), &key, f.get("url").trim(), &secret, format, Utc::now())
+        .await?;
     // The secret is shown once, here.
     org_page(&app, &s, &key, Some(json!({ "ok": true, "text": format!("Endpoint added. Its signing secret, shown only now: {secret}"), "endpoint": ep.id }))).await
 }
