@@ -47,6 +47,15 @@ impl From<StoreError> for ApiError {
     }
 }
 
+impl From<crate::app::ActError> for ApiError {
+    fn from(e: crate::app::ActError) -> Self {
+        match e {
+            crate::app::ActError::Forbidden(m) => ApiError::Forbidden(m),
+            crate::app::ActError::Store(e) => e.into(),
+        }
+    }
+}
+
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let (status, msg) = match self {
@@ -481,28 +490,8 @@ async fn transition(
         .into_iter()
         .find(|x| x.as_str() == action)
         .ok_or_else(|| ApiError::NotFound(format!("no bulletin action `{action}`")))?;
-    if action.needs_second_pair_of_eyes() {
-        require(&a, a.role.can_review(), &format!("{action} bulletins"))?;
-    }
     let body: TransitionBody = optional_json(&body)?;
-    let t = app
-        .store
-        .transition_bulletin(&key, action, &a.id, body.comment.as_deref(), body.version, Utc::now())
-        .await
-        .map_err(|e| match e {
-            StoreError::Transition(TransitionError::FourEyes { action, .. }) => {
-                ApiError::Forbidden(four_eyes(&a.name, action))
-            }
-            other => other.into(),
-        })?;
-    tracing::info!(
-        bulletin.id = %t.bulletin.id, bulletin.reference = %t.bulletin.reference, action = %action,
-        analyst = %a.name, deliveries = t.deliveries_created, "bulletin {}", t.bulletin.state
-    );
-    if t.deliveries_created > 0 {
-        app.wake_delivery.notify_waiters();
-        app.wake_delivery.notify_one();
-    }
+    let t = app.act_on_bulletin(&a, &key, action, body.comment.as_deref(), body.version).await?;
     Ok(Json(json!(t)))
 }
 

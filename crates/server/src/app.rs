@@ -94,6 +94,55 @@ impl App {
     }
 }
 
+/// Why a bulletin action was refused: the user may not (role, four-eyes), or the store said
+/// no (illegal transition, concurrent edit, not found).
+#[derive(Debug)]
+pub enum ActError {
+    Forbidden(String),
+    Store(StoreError),
+}
+
+impl App {
+    /// Takes a bulletin action for `analyst` — the one path the API, the console and the CLI
+    /// share: the role check, the store's four-eyes rule named for people, the log line, and
+    /// waking the delivery workers after a publish.
+    pub async fn act_on_bulletin(
+        &self,
+        analyst: &broadcast_core::Analyst,
+        key: &str,
+        action: broadcast_core::Action,
+        comment: Option<&str>,
+        version: Option<i32>,
+    ) -> Result<broadcast_store::Transitioned, ActError> {
+        if action.needs_second_pair_of_eyes() && !analyst.role.can_review() {
+            return Err(ActError::Forbidden(format!(
+                "{} (role {}) may not {action} bulletins",
+                analyst.name, analyst.role
+            )));
+        }
+        let comment = comment.map(str::trim).filter(|c| !c.is_empty());
+        let t = self
+            .store
+            .transition_bulletin(key, action, &analyst.id, comment, version, chrono::Utc::now())
+            .await
+            .map_err(|e| match e {
+                StoreError::Transition(broadcast_core::TransitionError::FourEyes { action, .. }) => {
+                    ActError::Forbidden(crate::api::four_eyes(&analyst.name, action))
+                }
+                other => ActError::Store(other),
+            })?;
+        tracing::info!(
+            bulletin.id = %t.bulletin.id, bulletin.reference = %t.bulletin.reference, action = %action,
+            analyst = %analyst.name, deliveries = t.deliveries_created, "bulletin {}", t.bulletin.state
+        );
+        if t.deliveries_created > 0 {
+            self.wake_delivery.notify_waiters();
+            self.wake_delivery.notify_one();
+        }
+        Ok(t)
+    }
+}
+
 /// A candidate standing for its issue: the issue id and the other records
 /// `(advisory id, source)` of the same issue.
 pub type IssueRow = (broadcast_store::Candidate, String, Vec<(String, String)>);

@@ -811,7 +811,6 @@ async fn execute(cli: Cli) -> Result<()> {
 }
 
 async fn bulletin(app: &App, cmd: BulletinCmd) -> Result<()> {
-    let now = Utc::now();
     let act = |args: &ActArgs, action: Action| {
         (args.bulletin.clone(), args.actor.clone(), args.comment.clone(), action)
     };
@@ -862,21 +861,10 @@ async fn bulletin(app: &App, cmd: BulletinCmd) -> Result<()> {
         BulletinCmd::Withdraw(a) => act(a, Action::Withdraw),
     };
     let analyst = app.store.analyst_by_name(&actor).await?;
-    if action.needs_second_pair_of_eyes() && !analyst.role.can_review() {
-        bail!("{} (role {}) may not {action} bulletins", analyst.name, analyst.role);
-    }
-    let t = app
-        .store
-        .transition_bulletin(&key, action, &analyst.id, comment.as_deref(), None, now)
-        .await
-        .map_err(|e| match e {
-            broadcast_store::StoreError::Transition(broadcast_core::TransitionError::FourEyes {
-                action,
-                ..
-            }) => {
-                anyhow::anyhow!(crate::api::four_eyes(&analyst.name, action))
-            }
-            other => other.into(),
+    let t =
+        app.act_on_bulletin(&analyst, &key, action, comment.as_deref(), None).await.map_err(|e| match e {
+            crate::app::ActError::Forbidden(m) => anyhow::anyhow!(m),
+            crate::app::ActError::Store(e) => e.into(),
         })?;
     print!("{} is now {}", t.bulletin.reference, t.bulletin.state);
     if action == Action::Publish {

@@ -289,6 +289,15 @@ impl From<StoreError> for ConsoleError {
     }
 }
 
+impl From<crate::app::ActError> for ConsoleError {
+    fn from(e: crate::app::ActError) -> Self {
+        match e {
+            crate::app::ActError::Forbidden(m) => ConsoleError::Forbidden(m),
+            crate::app::ActError::Store(e) => e.into(),
+        }
+    }
+}
+
 impl From<crate::api::ApiError> for ConsoleError {
     fn from(e: crate::api::ApiError) -> Self {
         use crate::api::ApiError as A;

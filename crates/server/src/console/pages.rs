@@ -11,7 +11,7 @@ use broadcast_core::{
     Action, AdvisoryId, BulletinContent, BulletinState, DeliveryState, EndpointId, ThreatLevel, Tlp,
 };
 use broadcast_distribute::Channel;
-use broadcast_store::{CandidateFilter, StoreError};
+use broadcast_store::CandidateFilter;
 use chrono::Utc;
 use minijinja::Value;
 use minijinja::value::Serde;
@@ -403,7 +403,7 @@ pub async fn edit_save(
     };
     let b = app.store.update_bulletin_content(&key, &content, &s.analyst.id, version, Utc::now()).await?;
     if f.get("then") == "submit" {
-        transition(&app, &s, &b.reference, Action::Submit, "").await?;
+        app.act_on_bulletin(&s.analyst, &b.reference, Action::Submit, None, None).await?;
     }
     Ok(see_other(&format!("/console/bulletins/{}", b.reference)))
 }
@@ -469,39 +469,8 @@ pub async fn progress(
     Ok(Json(json!({ "state": b.state, "counts": counts, "total": total })))
 }
 
-async fn transition(
-    app: &App,
-    s: &CurrentSession,
-    key: &str,
-    action: Action,
-    comment: &str,
-) -> Result<(), ConsoleError> {
-    if action.needs_second_pair_of_eyes() && !s.analyst.role.can_review() {
-        return Err(ConsoleError::Forbidden(format!(
-            "{} (role {}) may not {action} bulletins",
-            s.analyst.name, s.analyst.role
-        )));
-    }
-    let comment = Some(comment.trim()).filter(|c| !c.is_empty());
-    let t =
-        app.store.transition_bulletin(key, action, &s.analyst.id, comment, None, Utc::now()).await.map_err(
-            |e| match e {
-                StoreError::Transition(broadcast_core::TransitionError::FourEyes { action, .. }) => {
-                    ConsoleError::Forbidden(crate::api::four_eyes(&s.analyst.name, action))
-                }
-                other => other.into(),
-            },
-        )?;
-    tracing::info!(bulletin.reference = %t.bulletin.reference, action = %action, analyst = %s.analyst.name, deliveries = t.deliveries_created, "bulletin {} (console)", t.bulletin.state);
-    if t.deliveries_created > 0 {
-        app.wake_delivery.notify_waiters();
-        app.wake_delivery.notify_one();
-    }
-    Ok(())
-}
-
 async fn act(app: App, s: CurrentSession, f: FormData, key: String, action: Action) -> ConsoleResult {
-    transition(&app, &s, &key, action, f.get("comment")).await?;
+    app.act_on_bulletin(&s.analyst, &key, action, Some(f.get("comment")), None).await?;
     Ok(see_other(&format!("/console/bulletins/{key}")))
 }
 
