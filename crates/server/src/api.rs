@@ -47,6 +47,15 @@ impl From<StoreError> for ApiError {
     }
 }
 
+impl From<crate::app::RegisterError> for ApiError {
+    fn from(e: crate::app::RegisterError) -> Self {
+        match e {
+            crate::app::RegisterError::Invalid(m) => ApiError::BadRequest(m),
+            crate::app::RegisterError::Store(e) => e.into(),
+        }
+    }
+}
+
 impl From<crate::app::ActError> for ApiError {
     fn from(e: crate::app::ActError) -> Self {
         match e {
@@ -717,18 +726,9 @@ async fn add_endpoint(
     JsonBody(req): JsonBody<NewEndpoint>,
 ) -> ApiResult<(StatusCode, Json<Value>)> {
     require(&a, a.role.can_administer(), "manage endpoints")?;
-    app.check_endpoint_url(&req.url).map_err(ApiError::BadRequest)?;
-    let secret = match req.secret {
-        Some(s) => {
-            broadcast_distribute::sign::validate_secret(&s)
-                .map_err(|e| ApiError::BadRequest(e.to_string()))?;
-            s
-        }
-        None => broadcast_distribute::sign::secret_from_bytes(&crate::auth::random_secret_bytes()),
-    };
     let format =
         req.format.as_deref().map(parse::<broadcast_core::EndpointFormat>).transpose()?.unwrap_or_default();
-    let ep = app.store.add_endpoint_by(a.id.as_str(), &key, &req.url, &secret, format, Utc::now()).await?;
+    let (ep, secret) = app.register_endpoint(a.id.as_str(), &key, &req.url, req.secret, format).await?;
     // The secret is shown once, here; it is never returned again.
     let mut v = json!(ep);
     v["secret"] = json!(secret);

@@ -143,6 +143,45 @@ impl App {
     }
 }
 
+/// Why an endpoint could not be registered.
+#[derive(Debug)]
+pub enum RegisterError {
+    /// The URL or the secret is not acceptable; the message says why.
+    Invalid(String),
+    Store(StoreError),
+}
+
+impl App {
+    /// Registers a webhook endpoint for an organisation — the one path the API, the console
+    /// and the CLI share: the URL through the SSRF policy, the given secret checked or a new
+    /// one made, audited as `actor`'s. Returns the endpoint and its secret (to show once).
+    pub async fn register_endpoint(
+        &self,
+        actor: &str,
+        org: &str,
+        url: &str,
+        secret: Option<String>,
+        format: broadcast_core::EndpointFormat,
+    ) -> Result<(broadcast_core::Endpoint, String), RegisterError> {
+        let url = url.trim();
+        self.check_endpoint_url(url).map_err(RegisterError::Invalid)?;
+        let secret = match secret {
+            Some(s) => {
+                broadcast_distribute::sign::validate_secret(&s)
+                    .map_err(|e| RegisterError::Invalid(e.to_string()))?;
+                s
+            }
+            None => broadcast_distribute::sign::secret_from_bytes(&crate::auth::random_secret_bytes()),
+        };
+        let ep = self
+            .store
+            .add_endpoint_by(actor, org, url, &secret, format, chrono::Utc::now())
+            .await
+            .map_err(RegisterError::Store)?;
+        Ok((ep, secret))
+    }
+}
+
 /// A candidate standing for its issue: the issue id and the other records
 /// `(advisory id, source)` of the same issue.
 pub type IssueRow = (broadcast_store::Candidate, String, Vec<(String, String)>);

@@ -657,17 +657,12 @@ async fn execute(cli: Cli) -> Result<()> {
         }
         Command::Endpoint(EndpointCmd::Add { org, url, secret, format }) => {
             let format: broadcast_core::EndpointFormat = format.parse().map_err(anyhow::Error::msg)?;
-            app.check_endpoint_url(&url).map_err(anyhow::Error::msg)?;
-            let (secret, show) = match secret {
-                Some(s) => {
-                    broadcast_distribute::sign::validate_secret(&s)?;
-                    (s, false)
-                }
-                None => {
-                    (broadcast_distribute::sign::secret_from_bytes(&crate::auth::random_secret_bytes()), true)
-                }
-            };
-            let ep = app.store.add_endpoint_by("operator", &org, &url, &secret, format, now).await?;
+            let show = secret.is_none();
+            let (ep, secret) =
+                app.register_endpoint("operator", &org, &url, secret, format).await.map_err(|e| match e {
+                    crate::app::RegisterError::Invalid(m) => anyhow::anyhow!(m),
+                    crate::app::RegisterError::Store(e) => e.into(),
+                })?;
             println!("{}", ep.id);
             if show {
                 eprintln!("signing secret (shown once; give it to the receiver):");

@@ -9,11 +9,26 @@ use crate::app::App;
 use crate::config::Settings;
 use anyhow::{Context, Result, bail};
 use axum::routing::post;
-use broadcast_core::{Action, BulletinContent, Role, ThreatLevel, Tlp};
+use broadcast_core::{Action, Analyst, BulletinContent, Role, ThreatLevel, Tlp};
 use chrono::Utc;
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
+
+/// An author and an approver for a benchmark's bulletins (unique names, so runs can share a
+/// store).
+async fn bench_analysts(app: &App, now: chrono::DateTime<Utc>) -> Result<(Analyst, Analyst)> {
+    let tag = now.timestamp_millis();
+    let alice = app
+        .store
+        .create_analyst(&format!("bench-a-{tag}"), Role::Analyst, &format!("bench-a-{tag}"), now)
+        .await?;
+    let bob = app
+        .store
+        .create_analyst(&format!("bench-b-{tag}"), Role::Approver, &format!("bench-b-{tag}"), now)
+        .await?;
+    Ok((alice, bob))
+}
 
 pub async fn latency(mut settings: Settings, bulletins: usize, store_url: Option<String>) -> Result<()> {
     let dir = tempfile::tempdir()?;
@@ -38,15 +53,7 @@ pub async fn latency(mut settings: Settings, bulletins: usize, store_url: Option
         )
         .await?;
     app.store.add_endpoint(org.id.as_str(), &url, &secret, now).await?;
-    let tag = now.timestamp_millis();
-    let alice = app
-        .store
-        .create_analyst(&format!("bench-a-{tag}"), Role::Analyst, &format!("bench-a-{tag}"), now)
-        .await?;
-    let bob = app
-        .store
-        .create_analyst(&format!("bench-b-{tag}"), Role::Approver, &format!("bench-b-{tag}"), now)
-        .await?;
+    let (alice, bob) = bench_analysts(&app, now).await?;
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let worker = tokio::spawn(crate::stages::delivery::run(app.clone(), stop_rx));
 
@@ -291,15 +298,7 @@ pub async fn throughput(
         r??;
     }
     eprintln!("set up in {:.1} s", setup.elapsed().as_secs_f64());
-    let tag = now.timestamp_millis();
-    let alice = app
-        .store
-        .create_analyst(&format!("bench-a-{tag}"), Role::Analyst, &format!("bench-a-{tag}"), now)
-        .await?;
-    let bob = app
-        .store
-        .create_analyst(&format!("bench-b-{tag}"), Role::Approver, &format!("bench-b-{tag}"), now)
-        .await?;
+    let (alice, bob) = bench_analysts(&app, now).await?;
     let mut content = BulletinContent::new(
         "Throughput probe: remote code execution in an infusion pump gateway",
         ThreatLevel::High,

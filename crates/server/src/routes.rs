@@ -9,7 +9,7 @@ use crate::app::App;
 use axum::Router;
 use axum::extract::{Request, State};
 use axum::handler::Handler;
-use axum::http::{Method, StatusCode, header};
+use axum::http::{Method, header};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{MethodFilter, on};
@@ -95,10 +95,6 @@ impl Routes {
         self.router = self.router.route(path, route);
         self.specs.push(spec);
         self
-    }
-
-    pub fn specs(&self) -> &[RouteSpec] {
-        &self.specs
     }
 
     /// Documents the body of the route added last (its JSON Schema, for the OpenAPI document).
@@ -274,9 +270,4 @@ fn operation_id(method: &Method, path: &str) -> String {
         id.extend(seg.chars().map(|c| if c.is_ascii_alphanumeric() { c } else { '_' }));
     }
     id.replace("__", "_").trim_end_matches('_').to_owned()
-}
-
-/// A plain-text 403/404 for the few places that need one without a template.
-pub fn status_text(status: StatusCode, msg: &str) -> Response {
-    (status, msg.to_owned()).into_response()
 }

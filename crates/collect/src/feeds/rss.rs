@@ -4,6 +4,7 @@
 //! none (feed-rs would otherwise invent an id from link + title, and an edited title would
 //! then look like a new advisory). An entry with neither id, link nor title is refused.
 
+use super::xmlfeed::Entry;
 use crate::text::{find_cvss, html_to_text};
 use crate::{ConfigError, Feed, FeedRequest, ParseError, Parsed};
 use broadcast_core::{AdvisoryContent, Tlp, extract_cve_ids};
@@ -65,10 +66,9 @@ impl Feed for RssFeed {
 }
 
 /// What is checked before a body reaches the XML parser: things that are not feeds get an
-/// error that says what they are, DTD entity declarations are refused (no expansion tricks),
-/// and a body that is not UTF-8 and declares no encoding is read as Windows-1252 (the
-/// usual culprit: ISO-8859-1 feeds without an XML declaration).
-fn preflight(body: &[u8]) -> Result<std::borrow::Cow<'_, [u8]>, ParseError> {
+/// error that says what they are, and DTD entity declarations are refused (no expansion
+/// tricks). Encodings are [`utf8`]'s business.
+fn preflight(body: &[u8]) -> Result<(), ParseError> {
     // The prolog (declaration, DOCTYPE, comments) and the root element's start tag: all
     // that the checks below need, so a large feed costs no more than a small one.
     let root = body
@@ -101,49 +101,20 @@ fn preflight(body: &[u8]) -> Result<std::borrow::Cow<'_, [u8]>, ParseError> {
     if lower.contains("<!entity") {
         return Err(ParseError("the document declares DTD entities: refused (no entity expansion)".into()));
     }
-    let mut out = std::borrow::Cow::Borrowed(body);
-    if std::str::from_utf8(body).is_err() && !lower.split("?>").next().unwrap_or("").contains("encoding=") {
-        let (text, _, _) = encoding_rs::WINDOWS_1252.decode(body);
-        out = std::borrow::Cow::Owned(text.into_owned().into_bytes());
-    }
-    // `<rss>` without a version (seen in the wild) is RSS 2.0 to every reader but feed-rs.
-    if let Some(at) = find(&out, b"<rss>") {
-        let mut fixed = out.into_owned();
-        fixed.splice(at..at + 5, b"<rss version=\"2.0\">".iter().copied());
-        out = std::borrow::Cow::Owned(fixed);
-    }
-    Ok(out)
-}
-
-fn find(haystack: &[u8], needle: &[u8]) -> Option<usize> {
-    let limit = haystack.len().min(4096);
-    haystack[..limit].windows(needle.len()).position(|w| w == needle)
+    Ok(())
 }
 
 /// Parses an RSS/Atom/JSON Feed body into advisories from source `source`.
 pub fn parse_feed(source: &str, tlp: Tlp, body: &[u8]) -> Result<Parsed, ParseError> {
-    let body = preflight(body)?;
-    if body.iter().find(|b| !b.is_ascii_whitespace()) == Some(&b'{') {
-        return parse_json_feed(source, tlp, &body);
-    }
-    let text = utf8(&body)?;
+    preflight(body)?;
+    let entries = if body.iter().find(|b| !b.is_ascii_whitespace()) == Some(&b'{') {
+        json_feed_entries(body)?
+    } else {
+        super::xmlfeed::entries(&utf8(body)?)?
+    };
     let mut parsed = Parsed::default();
-    for (n, entry) in super::xmlfeed::entries(&text)?.into_iter().enumerate() {
-        let title = entry.title.as_deref().map(html_to_text).unwrap_or_default();
-        let summary = html_to_text(entry.summary.as_deref().or(entry.content.as_deref()).unwrap_or(""));
-        let id =
-            if entry.id.is_empty() { entry.links.first().cloned().unwrap_or_default() } else { entry.id };
-        let item = advisory(
-            source,
-            tlp,
-            id,
-            title,
-            summary,
-            entry.links,
-            entry.published.or(entry.updated),
-            entry.updated,
-            &entry.categories,
-        );
+    for (n, entry) in entries.into_iter().enumerate() {
+        let item = advisory(source, tlp, entry);
         match item.validate() {
             Ok(()) => parsed.items.push(item),
             Err(why) => parsed.refused.push(format!("entry {}: {why}", n + 1)),
@@ -153,7 +124,8 @@ pub fn parse_feed(source: &str, tlp: Tlp, body: &[u8]) -> Result<Parsed, ParseEr
 }
 
 /// The body as UTF-8 text: transcoded when it declares another encoding (ISO-8859-1,
-/// Windows-1252…).
+/// Windows-1252…), and read as Windows-1252 when it is not UTF-8 and declares nothing (the
+/// usual culprit: ISO-8859-1 feeds without an XML declaration).
 fn utf8(body: &[u8]) -> Result<std::borrow::Cow<'_, str>, ParseError> {
     let prolog_end = body.iter().take(512).position(|&b| b == b'>').unwrap_or(0);
     let prolog = String::from_utf8_lossy(&body[..prolog_end]).to_ascii_lowercase();
@@ -172,18 +144,13 @@ fn utf8(body: &[u8]) -> Result<std::borrow::Cow<'_, str>, ParseError> {
     }
 }
 
-#[allow(clippy::too_many_arguments)]
-fn advisory(
-    source: &str,
-    tlp: Tlp,
-    id: String,
-    title: String,
-    summary: String,
-    references: Vec<String>,
-    published: Option<chrono::DateTime<chrono::Utc>>,
-    updated: Option<chrono::DateTime<chrono::Utc>>,
-    categories: &[String],
-) -> AdvisoryContent {
+/// One entry as an advisory: markup reduced to text, keyed by its id (else its first link,
+/// else its title), CVEs and CVSS found in the text and categories.
+fn advisory(source: &str, tlp: Tlp, entry: Entry) -> AdvisoryContent {
+    let title = entry.title.as_deref().map(html_to_text).unwrap_or_default();
+    let summary = html_to_text(entry.summary.as_deref().or(entry.content.as_deref()).unwrap_or(""));
+    let id =
+        if entry.id.trim().is_empty() { entry.links.first().cloned().unwrap_or_default() } else { entry.id };
     let external_id = if !id.trim().is_empty() {
         id.trim().to_owned()
     } else if !title.is_empty() {
@@ -192,55 +159,42 @@ fn advisory(
         String::new()
     };
     let mut haystack = format!("{title}\n{summary}");
-    for c in categories {
+    for c in &entry.categories {
         haystack.push('\n');
         haystack.push_str(c);
     }
     let mut item = AdvisoryContent::new(source, external_id, title);
     item.summary = summary;
-    item.published = published;
-    item.updated = updated;
-    item.references = references;
+    item.published = entry.published.or(entry.updated);
+    item.updated = entry.updated;
+    item.references = entry.links;
     item.cves = extract_cve_ids(&haystack);
     item.cvss = find_cvss(&haystack);
     item.tlp = tlp;
     item
 }
 
-/// JSON Feed, read by feed-rs.
-fn parse_json_feed(source: &str, tlp: Tlp, body: &[u8]) -> Result<Parsed, ParseError> {
-    let parser = feed_rs::parser::Builder::new()
-        .id_generator(|links, _title, _base| links.first().map(|l| l.href.clone()).unwrap_or_default())
-        .build();
+/// JSON Feed, read by feed-rs, as the same entries the XML reader gives.
+fn json_feed_entries(body: &[u8]) -> Result<Vec<Entry>, ParseError> {
+    // No invented ids (feed-rs would hash link and title): an entry without an id is keyed
+    // by its link, as in RSS.
+    let parser = feed_rs::parser::Builder::new().id_generator(|_, _, _| String::new()).build();
     let feed =
         parser.parse(body).map_err(|e| ParseError(format!("not a readable RSS, Atom or JSON feed: {e}")))?;
-    let mut parsed = Parsed::default();
-    for (n, entry) in feed.entries.into_iter().enumerate() {
-        let title = entry.title.as_ref().map(|t| html_to_text(&t.content)).unwrap_or_default();
-        let summary_html = entry
-            .summary
-            .as_ref()
-            .map(|s| s.content.clone())
-            .or_else(|| entry.content.as_ref().and_then(|c| c.body.clone()))
-            .unwrap_or_default();
-        let categories: Vec<String> = entry.categories.iter().map(|c| c.term.clone()).collect();
-        let item = advisory(
-            source,
-            tlp,
-            entry.id,
-            title,
-            html_to_text(&summary_html),
-            entry.links.iter().map(|l| l.href.clone()).collect(),
-            entry.published.or(entry.updated),
-            entry.updated,
-            &categories,
-        );
-        match item.validate() {
-            Ok(()) => parsed.items.push(item),
-            Err(why) => parsed.refused.push(format!("entry {}: {why}", n + 1)),
-        }
-    }
-    Ok(parsed)
+    Ok(feed
+        .entries
+        .into_iter()
+        .map(|e| Entry {
+            id: e.id,
+            title: e.title.map(|t| t.content),
+            summary: e.summary.map(|s| s.content),
+            content: e.content.and_then(|c| c.body),
+            links: e.links.into_iter().map(|l| l.href).collect(),
+            published: e.published,
+            updated: e.updated,
+            categories: e.categories.into_iter().map(|c| c.term).collect(),
+        })
+        .collect())
 }
 
 #[cfg(test)]

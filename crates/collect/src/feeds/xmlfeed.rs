@@ -187,7 +187,7 @@ pub fn entries(xml: &str) -> Result<Vec<Entry>, ParseError> {
             }
             Event::End(e) => {
                 let depth = stack.len();
-                let name = stack.pop().unwrap_or_default();
+                stack.pop();
                 match current.take() {
                     Some((f, d, text)) if d == depth => {
                         if let Some(en) = entry.as_mut() {
@@ -206,7 +206,6 @@ pub fn entries(xml: &str) -> Result<Vec<Entry>, ParseError> {
                         }
                     }
                 }
-                let _ = name;
             }
             Event::Text(t) => {
                 if let Some((_, _, text)) = current.as_mut() {

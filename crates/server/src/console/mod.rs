@@ -289,6 +289,15 @@ impl From<StoreError> for ConsoleError {
     }
 }
 
+impl From<crate::app::RegisterError> for ConsoleError {
+    fn from(e: crate::app::RegisterError) -> Self {
+        match e {
+            crate::app::RegisterError::Invalid(m) => ConsoleError::BadRequest(m),
+            crate::app::RegisterError::Store(e) => e.into(),
+        }
+    }
+}
+
 impl From<crate::app::ActError> for ConsoleError {
     fn from(e: crate::app::ActError) -> Self {
         match e {

@@ -38,8 +38,7 @@ where
 /// A link from a feed is clickable only when it is http(s); anything else (`javascript:`,
 /// `data:`) is shown as text.
 fn link(url: &str) -> serde_json::Value {
-    let safe = url::Url::parse(url.trim()).is_ok_and(|u| matches!(u.scheme(), "http" | "https"));
-    json!({ "url": url, "safe": safe })
+    json!({ "url": url, "safe": broadcast_core::is_web_url(url.trim()) })
 }
 
 fn see_other(path: &str) -> Response {
@@ -276,15 +275,8 @@ pub async fn bulletins(
 fn actions(b: &broadcast_core::Bulletin, s: &CurrentSession) -> (Vec<&'static str>, Option<String>) {
     let mut out = Vec::new();
     let mut note = None;
-    for a in [
-        Action::Submit,
-        Action::Recall,
-        Action::Approve,
-        Action::Reject,
-        Action::Reopen,
-        Action::Publish,
-        Action::Withdraw,
-    ] {
+    // Superseding is done by publishing a successor, not from this page.
+    for a in Action::ALL.into_iter().filter(|a| *a != Action::Supersede) {
         if b.state.next(a).is_none() {
             continue;
         }
@@ -572,16 +564,11 @@ pub async fn endpoint_add(
     Extension(f): Extension<FormData>,
     Path(key): Path<String>,
 ) -> ConsoleResult {
-    app.check_endpoint_url(f.get("url")).map_err(ConsoleError::BadRequest)?;
-    let secret = broadcast_distribute::sign::secret_from_bytes(&crate::auth::random_secret_bytes());
     let format = match f.get("format") {
         "" => Default::default(),
         x => parse::<broadcast_core::EndpointFormat>("format", x)?,
     };
-    let ep = app
-        .store
-        .add_endpoint_by(s.analyst.id.as_str(), &key, f.get("url").trim(), &secret, format, Utc::now())
-        .await?;
+    let (ep, secret) = app.register_endpoint(s.analyst.id.as_str(), &key, f.get("url"), None, format).await?;
     // The secret is shown once, here.
     org_page(&app, &s, &key, Some(json!({ "ok": true, "text": format!("Endpoint added. Its signing secret, shown only now: {secret}"), "endpoint": ep.id }))).await
 }
