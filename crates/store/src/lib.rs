@@ -205,6 +205,24 @@ macro_rules! audit {
     }};
 }
 
+/// Sets one column of an organisation (found by id or name) and audits it in the same
+/// transaction; evaluates to the organisation as it now is.
+macro_rules! update_organisation {
+    ($self:ident, $key:expr, $column:literal, $value:expr, $actor:expr, $action:literal, $details:expr, $now:expr) => {{
+        let org = $self.get_organisation($key).await?;
+        let now = db_time($now);
+        dispatch!($self, pool => {
+            let mut tx = pool.begin_write().await?;
+            sqlx::query(concat!("UPDATE organisations SET ", $column, " = $1 WHERE id = $2"))
+                .bind($value).bind(org.id.as_str()).execute(&mut *tx).await?;
+            audit!(tx, $actor, $action, org.id, $details, now);
+            tx.commit().await?;
+            Ok::<(), StoreError>(())
+        })?;
+        $self.get_organisation(org.id.as_str()).await
+    }};
+}
+
 /// Reads the subscribers and writes a published bulletin's outbox rows, inside the
 /// publishing transaction. Evaluates to the number of rows written.
 macro_rules! fan_out {
@@ -1534,17 +1552,16 @@ impl Store {
         actor: &str,
         now: DateTime<Utc>,
     ) -> Result<Organisation> {
-        let org = self.get_organisation(key).await?;
-        let now = db_time(now);
-        dispatch!(self, pool => {
-            let mut tx = pool.begin_write().await?;
-            sqlx::query("UPDATE organisations SET incident_token_hash = $1 WHERE id = $2")
-                .bind(token_hash).bind(org.id.as_str()).execute(&mut *tx).await?;
-            audit!(tx, actor, "organisation.incident_token", org.id, "{}".to_owned(), now);
-            tx.commit().await?;
-            Ok::<(), StoreError>(())
-        })?;
-        Ok(org)
+        update_organisation!(
+            self,
+            key,
+            "incident_token_hash",
+            token_hash,
+            actor,
+            "organisation.incident_token",
+            "{}".to_owned(),
+            now
+        )
     }
 
     /// The organisation an incident-API token belongs to.
@@ -1593,17 +1610,17 @@ impl Store {
                 why: format!("{h} is not an hour of the day (0–23)"),
             });
         }
-        let org = self.get_organisation(key).await?;
-        let now = db_time(now);
-        dispatch!(self, pool => {
-            let mut tx = pool.begin_write().await?;
-            sqlx::query("UPDATE organisations SET digest_hour = $1 WHERE id = $2")
-                .bind(hour.map(i32::from)).bind(org.id.as_str()).execute(&mut *tx).await?;
-            audit!(tx, actor, "organisation.digest", org.id, serde_json::json!({ "digest_hour": hour }).to_string(), now);
-            tx.commit().await?;
-            Ok::<(), StoreError>(())
-        })?;
-        self.get_organisation(org.id.as_str()).await
+        let details = serde_json::json!({ "digest_hour": hour }).to_string();
+        update_organisation!(
+            self,
+            key,
+            "digest_hour",
+            hour.map(i32::from),
+            actor,
+            "organisation.digest",
+            details,
+            now
+        )
     }
 
     /// Takes the lease on every pending email of one contact's digest (those not leased by
@@ -1650,17 +1667,17 @@ impl Store {
                 why: "an interest is longer than 200 characters".into(),
             });
         }
-        let org = self.get_organisation(key).await?;
-        let now = db_time(now);
-        dispatch!(self, pool => {
-            let mut tx = pool.begin_write().await?;
-            sqlx::query("UPDATE organisations SET interests = $1 WHERE id = $2")
-                .bind(to_json(&cleaned)).bind(org.id.as_str()).execute(&mut *tx).await?;
-            audit!(tx, actor, "organisation.interests", org.id, serde_json::json!({ "interests": cleaned }).to_string(), now);
-            tx.commit().await?;
-            Ok::<(), StoreError>(())
-        })?;
-        self.get_organisation(org.id.as_str()).await
+        let details = serde_json::json!({ "interests": cleaned }).to_string();
+        update_organisation!(
+            self,
+            key,
+            "interests",
+            to_json(&cleaned),
+            actor,
+            "organisation.interests",
+            details,
+            now
+        )
     }
 
     /// Records that a delivery to a contact hard-bounced (an SMTP 5xx). After `threshold`
