@@ -17,6 +17,15 @@ fn rules() -> broadcast_triage::Rules {
     s.triage_rules().unwrap()
 }
 
+/// The application on a fresh SQLite store in `dir`, with the shipped watchlist.
+async fn app_in(dir: &std::path::Path) -> broadcast_server::app::App {
+    let mut s = Settings::load(None).unwrap();
+    s.store.url = format!("sqlite://{}", dir.join("b.db").display());
+    s.triage.watchlist_file = repo().join("config/watchlist.toml").display().to_string();
+    s.bulletins.templates_dir = repo().join("bulletin-templates").display().to_string();
+    broadcast_server::app::App::open(s).await.unwrap()
+}
+
 fn fixture(name: &str) -> Vec<u8> {
     std::fs::read(repo().join("crates/collect/tests/fixtures").join(name)).unwrap()
 }
@@ -71,11 +80,7 @@ fn csaf_product_trees_match_as_probable() {
 async fn a_burst_is_one_grouped_candidate() {
     let _ = rustls::crypto::ring::default_provider().install_default();
     let dir = tempfile::tempdir().unwrap();
-    let mut s = Settings::load(None).unwrap();
-    s.store.url = format!("sqlite://{}", dir.path().join("b.db").display());
-    s.triage.watchlist_file = repo().join("config/watchlist.toml").display().to_string();
-    s.bulletins.templates_dir = repo().join("bulletin-templates").display().to_string();
-    let app = broadcast_server::app::App::open(s).await.unwrap();
+    let app = app_in(dir.path()).await;
     let t0 = Utc.with_ymd_and_hms(2026, 11, 1, 9, 0, 0).unwrap();
     for i in 0..300 {
         let mut c = AdvisoryContent::new(
@@ -124,11 +129,7 @@ fn rec(source: &str, ext: &str, cves: &[&str], text: &str) -> AdvisoryContent {
 #[tokio::test]
 async fn records_join_one_issue_without_runaway_merges() {
     let dir = tempfile::tempdir().unwrap();
-    let mut s = Settings::load(None).unwrap();
-    s.store.url = format!("sqlite://{}", dir.path().join("b.db").display());
-    s.triage.watchlist_file = repo().join("config/watchlist.toml").display().to_string();
-    s.bulletins.templates_dir = repo().join("bulletin-templates").display().to_string();
-    let app = broadcast_server::app::App::open(s).await.unwrap();
+    let app = app_in(dir.path()).await;
     let t0 = Utc.with_ymd_and_hms(2026, 11, 1, 9, 0, 0).unwrap();
     let put = |c: AdvisoryContent| {
         let app = app.clone();
