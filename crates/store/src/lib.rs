@@ -35,8 +35,9 @@ use sqlx::sqlite::{
     SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous,
 };
 use sqlx::{QueryBuilder, SqlSafeStr, Transaction};
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::str::FromStr;
+use std::sync::Arc;
 use std::time::Duration;
 
 /// What can go wrong in the store. Each variant names the thing concerned.
@@ -115,24 +116,97 @@ trait Pool {
     type Db: sqlx::Database;
     /// `FOR UPDATE SKIP LOCKED` where the backend has several writers.
     const SKIP_LOCKED: &'static str;
+    /// What makes a bound parameter a timestamp where the statement cannot tell (a `VALUES`
+    /// list on PostgreSQL); SQLite stores timestamps as text and needs nothing.
+    const TIMESTAMP_CAST: &'static str;
     /// A transaction that will write. On SQLite it takes the write lock at once
     /// (`BEGIN IMMEDIATE`), so two writers queue on `busy_timeout` instead of failing.
-    async fn begin_write(&self) -> Result<Transaction<'static, Self::Db>, sqlx::Error>;
+    async fn begin_write(&self) -> Result<WriteTx<Self::Db>, sqlx::Error>;
+}
+
+/// A write transaction. On SQLite it also holds this process's turn to write to that
+/// database file: writers of one process queue here, in order and without delay, rather than
+/// on SQLite's busy handler, which sleeps 1, 2, 5, 10 … ms between tries (the delivery
+/// worker's claims and attempt records were meeting there hundreds of times a second).
+/// Writers in other processes still meet on `busy_timeout`.
+struct WriteTx<DB: sqlx::Database> {
+    tx: Transaction<'static, DB>,
+    _turn: Option<tokio::sync::OwnedMutexGuard<()>>,
+}
+
+impl<DB: sqlx::Database> WriteTx<DB> {
+    async fn commit(self) -> Result<(), sqlx::Error> {
+        self.tx.commit().await
+    }
+}
+
+impl<DB: sqlx::Database> std::ops::Deref for WriteTx<DB> {
+    type Target = DB::Connection;
+    fn deref(&self) -> &Self::Target {
+        &self.tx
+    }
+}
+
+impl<DB: sqlx::Database> std::ops::DerefMut for WriteTx<DB> {
+    fn deref_mut(&mut self) -> &mut Self::Target {
+        &mut self.tx
+    }
+}
+
+/// One writer's turn per SQLite database file in this process.
+fn sqlite_write_turn(pool: &SqlitePool) -> Arc<tokio::sync::Mutex<()>> {
+    static TURNS: std::sync::LazyLock<
+        std::sync::Mutex<HashMap<std::path::PathBuf, Arc<tokio::sync::Mutex<()>>>>,
+    > = std::sync::LazyLock::new(Default::default);
+    let file = pool.connect_options().get_filename().to_path_buf();
+    TURNS.lock().expect("write-turn map lock").entry(file).or_default().clone()
+}
+
+/// Runs one write transaction on SQLite as a single command — `BEGIN IMMEDIATE; …; COMMIT`
+/// sent to the database thread at once — and returns the rows its statements return. For the
+/// delivery worker's hot paths: each statement sent separately is a hand-over to SQLite's
+/// thread and back, which costs more than the statement itself. The command runs in its own
+/// task, so a caller that stops waiting cannot leave it half done; on an error it is rolled
+/// back before the connection goes back to the pool.
+async fn sqlite_command(
+    pool: &SqlitePool,
+    same_text_each_time: bool,
+    build: impl FnOnce(&mut QueryBuilder<sqlx::Sqlite>) + Send + 'static,
+) -> Result<Vec<sqlx::sqlite::SqliteRow>> {
+    let pool = pool.clone();
+    let turn = sqlite_write_turn(&pool);
+    let task = tokio::spawn(async move {
+        let _turn = turn.lock_owned().await;
+        let mut conn = pool.acquire().await?;
+        let mut qb = QueryBuilder::new("BEGIN IMMEDIATE; ");
+        build(&mut qb);
+        qb.push("; COMMIT");
+        // A text built around a batch (its VALUES list) is not worth keeping prepared.
+        let result = qb.build().persistent(same_text_each_time).fetch_all(&mut *conn).await;
+        if result.is_err() {
+            let _ = sqlx::query("ROLLBACK").execute(&mut *conn).await;
+        }
+        Ok::<_, StoreError>(result?)
+    });
+    task.await.map_err(|_| StoreError::Database(sqlx::Error::WorkerCrashed))?
 }
 
 impl Pool for SqlitePool {
     type Db = sqlx::Sqlite;
     const SKIP_LOCKED: &'static str = "";
-    async fn begin_write(&self) -> Result<Transaction<'static, sqlx::Sqlite>, sqlx::Error> {
-        self.begin_with("BEGIN IMMEDIATE").await
+    const TIMESTAMP_CAST: &'static str = "";
+    async fn begin_write(&self) -> Result<WriteTx<sqlx::Sqlite>, sqlx::Error> {
+        let turn = sqlite_write_turn(self).lock_owned().await;
+        Ok(WriteTx { tx: self.begin_with("BEGIN IMMEDIATE").await?, _turn: Some(turn) })
     }
 }
 
 impl Pool for PgPool {
     type Db = sqlx::Postgres;
     const SKIP_LOCKED: &'static str = " FOR UPDATE SKIP LOCKED";
-    async fn begin_write(&self) -> Result<Transaction<'static, sqlx::Postgres>, sqlx::Error> {
-        self.begin().await
+    const TIMESTAMP_CAST: &'static str = "::timestamptz";
+    async fn begin_write(&self) -> Result<WriteTx<sqlx::Postgres>, sqlx::Error> {
+        Ok(WriteTx { tx: self.begin().await?, _turn: None })
     }
 }
 
@@ -525,7 +599,13 @@ impl Store {
                 std::fs::create_dir_all(dir)
                     .map_err(|e| StoreError::BadUrl(format!("{url} ({}: {e})", dir.display())))?;
             }
-            let pool = SqlitePoolOptions::new().max_connections(8).connect_with(opts).await?;
+            // No ping before each use: a connection to a local file does not go stale, and on SQLite
+            // a ping is a round trip to the connection's thread, as costly as a small query.
+            let pool = SqlitePoolOptions::new()
+                .max_connections(8)
+                .test_before_acquire(false)
+                .connect_with(opts)
+                .await?;
             Ok(Store { backend: Backend::Sqlite(pool) })
         } else if url.starts_with("postgres://") || url.starts_with("postgresql://") {
             let opts = PgConnectOptions::from_str(url).map_err(|_| StoreError::BadUrl(url.to_owned()))?;
@@ -2175,36 +2255,70 @@ impl Store {
     ) -> Result<Vec<Delivery>> {
         let now = db_time(now);
         let until = now + chrono::Duration::from_std(lease).unwrap_or(chrono::Duration::seconds(60));
-        dispatch!(self, pool => {
-            let mut tx = pool.begin_write().await?;
-            let mut rows: Vec<DeliveryRow> = Vec::new();
-            // First attempts of new bulletins never wait behind retries of old ones: they are
-            // claimed first, and retries only fill what is left of the batch.
-            for which in ["attempts = 0", "attempts > 0"] {
-                let left = limit - rows.len() as i64;
-                if left <= 0 {
-                    break;
-                }
-                let sql = format!(
-                    "UPDATE deliveries SET lease_until = $1, leased_by = $2
-                     WHERE id IN (SELECT id FROM deliveries
-                                  WHERE state = 'pending' AND {which} AND next_attempt_at <= $3
-                                    AND (lease_until IS NULL OR lease_until <= $3)
-                                  ORDER BY next_attempt_at, id
-                                  LIMIT $4{})
-                     RETURNING {DELIVERY_COLUMNS}",
-                    pool_skip_locked(pool)
-                );
-                let mut part: Vec<DeliveryRow> = sqlx::query_as(sqlx::AssertSqlSafe(sql))
-                    .bind(until).bind(worker).bind(now).bind(left)
-                    .fetch_all(&mut *tx).await?;
-                rows.append(&mut part);
+        // First attempts of new bulletins never wait behind retries of old ones: they are
+        // claimed first, and retries only fill what is left of the batch.
+        const DUE: &str = "FROM deliveries WHERE state = 'pending' AND next_attempt_at <= ";
+        let rows: Vec<DeliveryRow> = match &self.backend {
+            Backend::Sqlite(pool) => {
+                // Both claims and the commit in one command (see `sqlite_command`); the second
+                // takes what the first left (`changes()` is the first's row count).
+                let worker = worker.to_owned();
+                let rows = sqlite_command(pool, true, move |qb| {
+                    for (which, first) in [("attempts = 0", true), ("attempts > 0", false)] {
+                        if !first {
+                            qb.push("; ");
+                        }
+                        qb.push("UPDATE deliveries SET lease_until = ").push_bind(until);
+                        qb.push(", leased_by = ").push_bind(worker.clone());
+                        qb.push(format_args!(" WHERE id IN (SELECT id {DUE}")).push_bind(now);
+                        qb.push(format_args!(" AND {which} AND (lease_until IS NULL OR lease_until <= "));
+                        qb.push_bind(now).push(") ORDER BY next_attempt_at, id LIMIT ");
+                        if first {
+                            qb.push_bind(limit);
+                        } else {
+                            qb.push("max(").push_bind(limit).push(" - changes(), 0)");
+                        }
+                        qb.push(format_args!(") RETURNING {DELIVERY_COLUMNS}"));
+                    }
+                })
+                .await?;
+                rows.iter().map(sqlx::FromRow::from_row).collect::<Result<_, sqlx::Error>>()?
             }
-            tx.commit().await?;
-            let mut out = rows.into_iter().map(DeliveryRow::into_delivery).collect::<Result<Vec<_>>>()?;
-            out.sort_by(|a, b| (a.attempts > 0, a.next_attempt_at, &a.id).cmp(&(b.attempts > 0, b.next_attempt_at, &b.id)));
-            Ok(out)
-        })
+            Backend::Postgres(pool) => {
+                let mut tx = pool.begin_write().await?;
+                let mut rows: Vec<DeliveryRow> = Vec::new();
+                for which in ["attempts = 0", "attempts > 0"] {
+                    let left = limit - rows.len() as i64;
+                    if left <= 0 {
+                        break;
+                    }
+                    let sql = format!(
+                        "UPDATE deliveries SET lease_until = $1, leased_by = $2
+                         WHERE id IN (SELECT id {DUE}$3 AND {which}
+                                        AND (lease_until IS NULL OR lease_until <= $3)
+                                      ORDER BY next_attempt_at, id
+                                      LIMIT $4{})
+                         RETURNING {DELIVERY_COLUMNS}",
+                        pool_skip_locked(pool)
+                    );
+                    let mut part: Vec<DeliveryRow> = sqlx::query_as(sqlx::AssertSqlSafe(sql))
+                        .bind(until)
+                        .bind(worker)
+                        .bind(now)
+                        .bind(left)
+                        .fetch_all(&mut *tx)
+                        .await?;
+                    rows.append(&mut part);
+                }
+                tx.commit().await?;
+                rows
+            }
+        };
+        let mut out = rows.into_iter().map(DeliveryRow::into_delivery).collect::<Result<Vec<_>>>()?;
+        out.sort_by(|a, b| {
+            (a.attempts > 0, a.next_attempt_at, &a.id).cmp(&(b.attempts > 0, b.next_attempt_at, &b.id))
+        });
+        Ok(out)
     }
 
     /// Hands a claimed delivery back without an attempt (its host or endpoint is at its
@@ -2241,66 +2355,91 @@ impl Store {
     /// commit, and on SQLite one lock, for a whole batch). Each attempt has its own result: a
     /// delivery that does not exist is reported, and the others are still recorded.
     pub async fn record_attempts(&self, batch: &[(DeliveryId, AttemptRecord)]) -> Result<Vec<Result<()>>> {
-        dispatch!(self, pool => {
-            let mut tx = pool.begin_write().await?;
-            let mut out = Vec::with_capacity(batch.len());
-            let mut attempts = Vec::with_capacity(batch.len());
-            for (id, rec) in batch {
-                let started = db_time(rec.started_at);
-                let (state, reason, next_at, delivered_at, outcome) = match &rec.outcome {
-                    AttemptOutcome::Delivered => (
-                        DeliveryState::Delivered,
-                        None,
-                        None,
-                        Some(started + chrono::Duration::milliseconds(rec.duration_ms)),
-                        "delivered",
-                    ),
-                    AttemptOutcome::Retry { at, error } => {
-                        (DeliveryState::Pending, Some(error.clone()), Some(db_time(*at)), None, "retry")
-                    }
-                    AttemptOutcome::Failed { error } => {
-                        (DeliveryState::Failed, Some(error.clone()), None, None, "failed")
-                    }
-                };
-                // A row cancelled or suppressed while the attempt was in flight keeps that
-                // state (SET expressions read the row as it was); the attempt is still on record.
-                let row: Option<(i32,)> = sqlx::query_as(
-                    "UPDATE deliveries SET attempts = attempts + 1,
-                        reason = CASE WHEN state = 'pending' THEN $1 ELSE reason END,
-                        next_attempt_at = CASE WHEN state = 'pending' THEN COALESCE($2, next_attempt_at) ELSE next_attempt_at END,
-                        delivered_at = CASE WHEN state = 'pending' THEN $3 ELSE delivered_at END,
-                        lease_until = CASE WHEN state = 'pending' THEN NULL ELSE lease_until END,
-                        leased_by = CASE WHEN state = 'pending' THEN NULL ELSE leased_by END,
-                        state = CASE WHEN state = 'pending' THEN $4 ELSE state END
-                     WHERE id = $5 RETURNING attempts",
-                )
-                .bind(reason).bind(next_at).bind(delivered_at).bind(state.as_str()).bind(id.as_str())
-                .fetch_optional(&mut *tx).await?;
-                let Some((attempt,)) = row else {
-                    out.push(Err(not_found("delivery", id)));
-                    continue;
-                };
-                attempts.push((id.as_str(), attempt, started, rec.duration_ms, outcome, rec.detail.as_str()));
-                out.push(Ok(()));
+        let changes: Vec<AttemptChange> = batch.iter().map(|(id, rec)| AttemptChange::new(id, rec)).collect();
+        // Chunks of distinct deliveries (an UPDATE … FROM applies one source row per target).
+        let mut chunks: Vec<Vec<AttemptChange>> = Vec::new();
+        let mut seen = std::collections::HashSet::new();
+        for c in changes {
+            if chunks.last().is_none_or(|l| l.len() >= 500) || !seen.insert(c.id.clone()) {
+                seen.clear();
+                seen.insert(c.id.clone());
+                chunks.push(Vec::new());
             }
-            // The attempt rows in multi-row statements: one statement per 500, not one each.
-            for chunk in attempts.chunks(500) {
-                let mut qb = QueryBuilder::new(
-                    "INSERT INTO delivery_attempts (delivery_id, attempt, started_at, duration_ms, outcome, detail) ",
-                );
-                qb.push_values(chunk, |mut row, (id, attempt, started, duration_ms, outcome, detail)| {
-                    row.push_bind(*id)
-                        .push_bind(*attempt)
-                        .push_bind(*started)
-                        .push_bind(*duration_ms)
-                        .push_bind(*outcome)
-                        .push_bind(*detail);
-                });
-                qb.build().execute(&mut *tx).await?;
+            chunks.last_mut().expect("a chunk was pushed").push(c);
+        }
+        let order: Vec<String> = chunks.iter().flatten().map(|c| c.id.clone()).collect();
+        // How many of each delivery's changes found its row (a delivery may be in two chunks).
+        let mut found: HashMap<String, usize> = HashMap::with_capacity(batch.len());
+        match &self.backend {
+            Backend::Sqlite(pool) => {
+                // One command for the whole batch: per chunk, the state change and the attempt
+                // rows (numbered from the row just updated), then one commit.
+                let rows = sqlite_command(pool, false, move |qb| {
+                    for (i, chunk) in chunks.into_iter().enumerate() {
+                        if i > 0 {
+                            qb.push("; ");
+                        }
+                        AttemptChange::push_update(qb, &chunk, "");
+                        qb.push("; WITH a(id, started_at, duration_ms, outcome, detail) AS (VALUES ");
+                        for (j, c) in chunk.into_iter().enumerate() {
+                            qb.push(if j == 0 { "(" } else { ", (" });
+                            qb.push_bind(c.id).push(", ").push_bind(c.started).push(", ");
+                            qb.push_bind(c.duration_ms).push(", ").push_bind(c.outcome).push(", ");
+                            qb.push_bind(c.detail).push(")");
+                        }
+                        qb.push(
+                            ") INSERT INTO delivery_attempts (delivery_id, attempt, started_at, duration_ms, outcome, detail)
+                             SELECT a.id, d.attempts, a.started_at, a.duration_ms, a.outcome, a.detail
+                             FROM a, deliveries d WHERE d.id = a.id",
+                        );
+                    }
+                })
+                .await?;
+                for row in rows {
+                    *found.entry(sqlx::Row::try_get::<String, _>(&row, 0)?).or_default() += 1;
+                }
             }
-            tx.commit().await?;
-            Ok(out)
-        })
+            Backend::Postgres(pool) => {
+                let mut tx = pool.begin_write().await?;
+                for chunk in chunks {
+                    let mut qb = QueryBuilder::new("");
+                    AttemptChange::push_update(&mut qb, &chunk, pool_timestamp_cast(pool));
+                    let updated: Vec<(String, i32)> = qb.build_query_as().fetch_all(&mut *tx).await?;
+                    let attempt_of: HashMap<String, i32> = updated.into_iter().collect();
+                    let attempts: Vec<(AttemptChange, i32)> =
+                        chunk.into_iter().filter_map(|c| attempt_of.get(&c.id).map(|n| (c, *n))).collect();
+                    for (c, _) in &attempts {
+                        *found.entry(c.id.clone()).or_default() += 1;
+                    }
+                    if attempts.is_empty() {
+                        continue;
+                    }
+                    let mut qb = QueryBuilder::new(
+                        "INSERT INTO delivery_attempts (delivery_id, attempt, started_at, duration_ms, outcome, detail) ",
+                    );
+                    qb.push_values(attempts, |mut row, (c, attempt)| {
+                        row.push_bind(c.id)
+                            .push_bind(attempt)
+                            .push_bind(c.started)
+                            .push_bind(c.duration_ms)
+                            .push_bind(c.outcome)
+                            .push_bind(c.detail);
+                    });
+                    qb.build().execute(&mut *tx).await?;
+                }
+                tx.commit().await?;
+            }
+        }
+        Ok(order
+            .into_iter()
+            .map(|id| match found.get_mut(&id) {
+                Some(n) if *n > 0 => {
+                    *n -= 1;
+                    Ok(())
+                }
+                _ => Err(not_found("delivery", id)),
+            })
+            .collect())
     }
 
     pub async fn get_delivery(&self, id: &DeliveryId) -> Result<Delivery> {
@@ -2380,12 +2519,91 @@ fn pool_skip_locked<P: Pool>(_: &P) -> &'static str {
     P::SKIP_LOCKED
 }
 
+fn pool_timestamp_cast<P: Pool>(_: &P) -> &'static str {
+    P::TIMESTAMP_CAST
+}
+
 fn parse_id<T: FromStr<Err = broadcast_core::IdError>>(s: &str) -> Result<T> {
     s.parse().map_err(|e: broadcast_core::IdError| StoreError::Corrupt(e.to_string()))
 }
 
 fn from_json<T: serde::de::DeserializeOwned>(s: &str) -> Result<T> {
     serde_json::from_str(s).map_err(|e| StoreError::Corrupt(format!("bad JSON column: {e}")))
+}
+
+/// One attempt's effect on its delivery row, and the attempt row itself.
+struct AttemptChange {
+    id: String,
+    reason: Option<String>,
+    next_at: Option<DateTime<Utc>>,
+    delivered_at: Option<DateTime<Utc>>,
+    state: &'static str,
+    started: DateTime<Utc>,
+    duration_ms: i64,
+    outcome: &'static str,
+    detail: String,
+}
+
+impl AttemptChange {
+    fn new(id: &DeliveryId, rec: &AttemptRecord) -> AttemptChange {
+        let started = db_time(rec.started_at);
+        let (state, reason, next_at, delivered_at, outcome) = match &rec.outcome {
+            AttemptOutcome::Delivered => (
+                DeliveryState::Delivered,
+                None,
+                None,
+                Some(started + chrono::Duration::milliseconds(rec.duration_ms)),
+                "delivered",
+            ),
+            AttemptOutcome::Retry { at, error } => {
+                (DeliveryState::Pending, Some(error.clone()), Some(db_time(*at)), None, "retry")
+            }
+            AttemptOutcome::Failed { error } => {
+                (DeliveryState::Failed, Some(error.clone()), None, None, "failed")
+            }
+        };
+        AttemptChange {
+            id: id.to_string(),
+            reason,
+            next_at,
+            delivered_at,
+            state: state.as_str(),
+            started,
+            duration_ms: rec.duration_ms,
+            outcome,
+            detail: rec.detail.clone(),
+        }
+    }
+
+    /// One `UPDATE … FROM (VALUES …)` moving a chunk of distinct deliveries on, returning the
+    /// id and new attempt count of each row found. A row cancelled or suppressed while its
+    /// attempt was in flight keeps that state (SET expressions read the row as it was); the
+    /// attempt is still counted and put on record.
+    fn push_update<DB: sqlx::Database>(qb: &mut QueryBuilder<DB>, chunk: &[AttemptChange], ts: &str)
+    where
+        for<'t> String: sqlx::Encode<'t, DB> + sqlx::Type<DB>,
+        for<'t> Option<String>: sqlx::Encode<'t, DB> + sqlx::Type<DB>,
+        for<'t> Option<DateTime<Utc>>: sqlx::Encode<'t, DB> + sqlx::Type<DB>,
+        for<'t> &'static str: sqlx::Encode<'t, DB> + sqlx::Type<DB>,
+    {
+        qb.push("WITH v(id, reason, next_at, delivered_at, state) AS (VALUES ");
+        for (i, c) in chunk.iter().enumerate() {
+            qb.push(if i == 0 { "(" } else { ", (" });
+            qb.push_bind(c.id.clone()).push(", ").push_bind(c.reason.clone()).push(", ");
+            qb.push_bind(c.next_at).push(ts).push(", ").push_bind(c.delivered_at).push(ts).push(", ");
+            qb.push_bind(c.state).push(")");
+        }
+        qb.push(
+            ") UPDATE deliveries SET attempts = deliveries.attempts + 1,
+                reason = CASE WHEN deliveries.state = 'pending' THEN v.reason ELSE deliveries.reason END,
+                next_attempt_at = CASE WHEN deliveries.state = 'pending' THEN COALESCE(v.next_at, deliveries.next_attempt_at) ELSE deliveries.next_attempt_at END,
+                delivered_at = CASE WHEN deliveries.state = 'pending' THEN v.delivered_at ELSE deliveries.delivered_at END,
+                lease_until = CASE WHEN deliveries.state = 'pending' THEN NULL ELSE deliveries.lease_until END,
+                leased_by = CASE WHEN deliveries.state = 'pending' THEN NULL ELSE deliveries.leased_by END,
+                state = CASE WHEN deliveries.state = 'pending' THEN v.state ELSE deliveries.state END
+             FROM v WHERE deliveries.id = v.id RETURNING deliveries.id, deliveries.attempts",
+        );
+    }
 }
 
 /// One outbox row to be written by a publish.

@@ -120,6 +120,7 @@ macro_rules! conformance {
 }
 
 conformance!(
+    first_attempts_are_claimed_before_retries,
     advisories_dedupe_and_revise,
     triage_queue_and_candidates,
     bulletin_lifecycle_and_four_eyes,
@@ -498,6 +499,14 @@ async fn batch_reads_and_recording(s: Store) {
     assert_eq!(s.attempt_count(&b.id).await.unwrap(), 4);
     let retried = s.get_delivery(&batch[0].0).await.unwrap();
     assert_eq!((retried.attempts, retried.reason.as_deref()), (1, Some("421 busy")));
+    // The same delivery twice in one batch: both attempts on record, numbered in order, and
+    // a delivered row stays delivered.
+    let twice = vec![(rows[1].id.clone(), rec(AttemptOutcome::Delivered)); 2];
+    assert!(s.record_attempts(&twice).await.unwrap().iter().all(|r| r.is_ok()));
+    let numbers: Vec<i32> =
+        s.delivery_attempts(&rows[1].id).await.unwrap().iter().map(|a| a.attempt).collect();
+    assert_eq!(numbers, vec![1, 2, 3]);
+    assert_eq!(s.delivery_counts(&b.id).await.unwrap()["delivered"], 3);
 }
 
 mod audit_tampering {
@@ -794,6 +803,34 @@ async fn published(s: &Store, emails: usize) -> (Bulletin, Vec<Delivery>) {
     let b = publish(s, &content("Out", Tlp::Clear, ThreatLevel::High), &alice, &bob).await;
     let rows = s.deliveries_for_bulletin(&b.id).await.unwrap();
     (b, rows)
+}
+
+/// A new bulletin's first attempts never wait behind retries of an old one: a claim takes
+/// them first and fills what is left with retries.
+async fn first_attempts_are_claimed_before_retries(s: Store) {
+    let (old, rows) = published(&s, 3).await;
+    let lease = std::time::Duration::from_secs(30);
+    let retry = |d: &Delivery| {
+        let outcome = AttemptOutcome::Retry { at: t0(), error: "421 busy".into() };
+        (d.id.clone(), AttemptRecord { started_at: t0(), duration_ms: 1, outcome, detail: "421".into() })
+    };
+    let batch: Vec<_> = rows.iter().map(retry).collect();
+    assert!(s.record_attempts(&batch).await.unwrap().iter().all(|r| r.is_ok()));
+    let alice = s.analyst_by_name("alice").await.unwrap();
+    let bob = s.analyst_by_name("bob").await.unwrap();
+    let new = publish(&s, &content("New", Tlp::Clear, ThreatLevel::High), &alice, &bob).await;
+
+    let now = t0() + Duration::seconds(1);
+    let claimed = s.claim_due_deliveries("w1", now, lease, 4).await.unwrap();
+    let from = |b: &Bulletin| claimed.iter().filter(|d| d.bulletin_id == b.id).count();
+    assert_eq!((from(&new), from(&old)), (3, 1), "three first attempts, then one retry");
+    assert!(claimed[..3].iter().all(|d| d.attempts == 0), "first attempts come first: {claimed:?}");
+    let rest = s.claim_due_deliveries("w2", now, lease, 10).await.unwrap();
+    assert_eq!(rest.len(), 2);
+    assert!(rest.iter().all(|d| d.bulletin_id == old.id && d.attempts == 1));
+    // Only retries due: a claim of one takes one.
+    let later = now + Duration::seconds(31);
+    assert_eq!(s.claim_due_deliveries("w3", later, lease, 1).await.unwrap().len(), 1);
 }
 
 async fn outbox_leases_and_attempts(s: Store) {

@@ -24,7 +24,7 @@ use broadcast_distribute::{Channel, DeliveryError, Receipt, payload};
 use broadcast_store::{AttemptOutcome, AttemptRecord};
 use chrono::Utc;
 use rand::Rng;
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::sync::{Mutex, Notify, OwnedSemaphorePermit, Semaphore, mpsc, oneshot, watch};
@@ -131,9 +131,6 @@ struct Cache {
 /// How long a delivery waits for its host's or endpoint's cap before it is deferred.
 const CAP_WAIT: Duration = Duration::from_millis(50);
 
-/// Slots free one at a time are claimed for at least this often.
-const CLAIM_AT_LEAST_EVERY: Duration = Duration::from_millis(20);
-
 /// How long a row whose host or endpoint is at its cap waits before it is due again.
 const DEFER: Duration = Duration::from_millis(250);
 
@@ -167,6 +164,13 @@ impl Worker {
         match sem.clone().try_acquire_owned() {
             Ok(p) => Some(p),
             Err(_) => tokio::time::timeout(CAP_WAIT, sem.acquire_owned()).await.ok()?.ok(),
+        }
+    }
+
+    /// Returns a claimed row to the queue, due now, without counting an attempt.
+    async fn hand_back(&self, d: &Delivery) {
+        if let Err(e) = self.app.store.defer_delivery(&d.id, d.next_attempt_at).await {
+            tracing::error!(delivery.id = %d.id, error = %e, "could not hand a delivery back");
         }
     }
 
@@ -662,12 +666,40 @@ impl Worker {
     }
 }
 
-/// Runs a worker until shutdown: keeps up to `delivery.concurrency` deliveries in flight,
-/// claiming more as soon as a slot frees; when nothing is due it waits for a publish (woken
-/// at once) or the next due retry.
 /// How often a worker looks for owed disable notices.
 const NOTICE_SWEEP_EVERY: Duration = Duration::from_secs(60);
 
+/// Rows claimed but not yet started: first attempts go before retries, and a row that waited
+/// here for half its lease is handed back rather than sent late (another worker may take it
+/// once the lease ends, and two sends would then be in flight).
+struct Claimed {
+    firsts: VecDeque<(Delivery, Option<Recipient>, Instant)>,
+    retries: VecDeque<(Delivery, Option<Recipient>, Instant)>,
+}
+
+impl Claimed {
+    fn len(&self) -> usize {
+        self.firsts.len() + self.retries.len()
+    }
+
+    fn push(&mut self, d: Delivery, r: Option<Recipient>) {
+        let q = if d.attempts == 0 { &mut self.firsts } else { &mut self.retries };
+        q.push_back((d, r, Instant::now()));
+    }
+
+    fn pop(&mut self) -> Option<(Delivery, Option<Recipient>, Instant)> {
+        self.firsts.pop_front().or_else(|| self.retries.pop_front())
+    }
+
+    fn drain(&mut self) -> impl Iterator<Item = Delivery> + '_ {
+        self.firsts.drain(..).chain(self.retries.drain(..)).map(|(d, _, _)| d)
+    }
+}
+
+/// Runs a worker until shutdown: keeps up to `delivery.concurrency` deliveries in flight and
+/// up to `delivery.batch_size` more claimed ahead, so a slot that frees starts its next
+/// delivery at once and claims are few and large (each is a write transaction); when nothing
+/// is due it waits for a publish (woken at once) or the next due retry.
 pub async fn run(app: App, mut shutdown: watch::Receiver<bool>) -> Result<()> {
     let worker = Arc::new(Worker::new(app.clone())?);
     tracing::info!(worker.id = %worker.id, "delivery worker started");
@@ -675,8 +707,12 @@ pub async fn run(app: App, mut shutdown: watch::Receiver<bool>) -> Result<()> {
     let slots = Arc::new(Semaphore::new(s.concurrency));
     let slot_freed = Arc::new(Notify::new());
     let poll = Duration::from_millis(s.poll_interval_ms);
-    let min_claim = (s.concurrency / 8).clamp(1, s.batch_size.max(1) as usize);
-    let mut last_claim = Instant::now();
+    let ahead = (s.batch_size.max(1) as usize).max(s.concurrency);
+    let stale = Duration::from_secs(s.lease_secs.max(2) / 2);
+    let mut claimed = Claimed { firsts: VecDeque::new(), retries: VecDeque::new() };
+    // Whether the last claim found fewer due rows than it asked for: then claim again only when
+    // woken by a publish, or when the wait below ends.
+    let mut dry = false;
     // Owed disable notices (a send failed, or the process stopped) are looked at every minute.
     let mut last_notice_sweep: Option<Instant> = None;
     loop {
@@ -691,37 +727,46 @@ pub async fn run(app: App, mut shutdown: watch::Receiver<bool>) -> Result<()> {
         }
         let notified = app.wake_delivery.notified();
         let freed = slot_freed.notified();
-        let free = slots.available_permits();
-        let mut claimed = 0;
-        // With a deep queue, slots free one by one: claiming for each would cost a write
-        // transaction per delivery, so wait until a few are free — but never long, or rows
-        // due now would wait behind deliveries still in flight.
-        let worth_claiming = free >= min_claim || (free > 0 && last_claim.elapsed() >= CLAIM_AT_LEAST_EVERY);
-        if worth_claiming {
-            last_claim = Instant::now();
-            match worker.claim((free as i64).min(s.batch_size)).await {
+        // Start what was claimed, as far as slots allow.
+        while claimed.len() > 0 {
+            let Ok(permit) = slots.clone().try_acquire_owned() else { break };
+            let Some((d, recipient, at)) = claimed.pop() else { break };
+            if at.elapsed() > stale {
+                worker.hand_back(&d).await;
+                continue;
+            }
+            let (w, freed_tx) = (worker.clone(), slot_freed.clone());
+            tokio::spawn(async move {
+                w.deliver_one(d, recipient).await;
+                drop(permit);
+                freed_tx.notify_one();
+            });
+        }
+        // Claim more once half of what was claimed ahead has started.
+        if !dry && claimed.len() <= ahead / 2 {
+            let want = (ahead - claimed.len()) as i64;
+            match worker.claim(want).await {
                 Ok(rows) => {
-                    claimed = rows.len();
+                    dry = (rows.len() as i64) < want;
+                    let got = rows.len();
                     let mut recipients = worker.recipients(&rows).await;
                     for d in rows {
-                        let permit = slots.clone().acquire_owned().await.expect("semaphore never closed");
-                        let (w, freed_tx) = (worker.clone(), slot_freed.clone());
                         let recipient = recipients.remove(d.recipient_id.as_str());
-                        tokio::spawn(async move {
-                            w.deliver_one(d, recipient).await;
-                            drop(permit);
-                            freed_tx.notify_one();
-                        });
+                        claimed.push(d, recipient);
+                    }
+                    if got > 0 && slots.available_permits() > 0 {
+                        continue;
                     }
                 }
-                Err(e) => tracing::error!(error = %e, "claiming deliveries failed"),
+                Err(e) => {
+                    dry = true;
+                    tracing::error!(error = %e, "claiming deliveries failed")
+                }
             }
         }
-        if claimed > 0 && slots.available_permits() >= min_claim {
-            continue;
-        }
-        let wait = if slots.available_permits() < min_claim {
-            CLAIM_AT_LEAST_EVERY
+        let wait = if claimed.len() > 0 || slots.available_permits() == 0 {
+            // Busy: a slot freeing wakes this loop; the timer only bounds the wait.
+            poll
         } else {
             match app.store.next_due_at().await {
                 // Rows due now but leased elsewhere or deferred: look again shortly, not in a spin.
@@ -732,10 +777,18 @@ pub async fn run(app: App, mut shutdown: watch::Receiver<bool>) -> Result<()> {
             }
         };
         tokio::select! {
-            _ = notified => {}
+            _ = notified => dry = false,
             _ = freed => {}
-            stop = sleep_or_shutdown(wait, &mut shutdown) => if stop { break },
+            stop = sleep_or_shutdown(wait, &mut shutdown) => {
+                if stop { break }
+                dry = false;
+            }
         }
+    }
+    // Rows claimed but not started go back to the queue now, for this or another worker,
+    // rather than when their leases end.
+    for d in claimed.drain() {
+        worker.hand_back(&d).await;
     }
     // Let deliveries in flight finish and record their attempts.
     let _ = slots.acquire_many(s.concurrency as u32).await;
