@@ -175,10 +175,12 @@ async fn start_receiver(seen: Arc<Mutex<Vec<Hook>>>) -> String {
     format!("http://{addr}")
 }
 
-/// aiosmtpd storing messages in `maildir`, on a free port.
+/// aiosmtpd storing messages in `maildir`, on a free port, offering PIPELINING (so the
+/// pipelined send is what these tests exercise; a plain `aiosmtpd.handlers.Mailbox`, which
+/// does not offer it, is used where the SMTP server is restarted mid-run).
 fn start_smtp(maildir: &Path) -> (Proc, u16) {
     let port = free_port();
-    (start_smtp_with(maildir, port, "aiosmtpd.handlers.Mailbox"), port)
+    (start_smtp_with(maildir, port, "smtp_handlers.PipeliningMailbox"), port)
 }
 
 /// aiosmtpd with a handler class on `port`; `tests/fixtures` is on the Python path for ours.
@@ -917,7 +919,7 @@ async fn repeated_hard_bounces_suppress_the_address() {
     let mail = tempfile::tempdir().unwrap();
     let maildir = mail.path().join("maildir");
     let smtp_port = free_port();
-    let _smtp = start_smtp_with(&maildir, smtp_port, "smtp_reject.RejectNobody");
+    let _smtp = start_smtp_with(&maildir, smtp_port, "smtp_handlers.RejectNobody");
     let rig = Rig::start(
         "contacts = [{ email = \"nobody@trust.nhs.test\" }, { email = \"reader@trust.nhs.test\" }]",
         &format!(

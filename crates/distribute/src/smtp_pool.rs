@@ -97,7 +97,7 @@ impl SmtpPool {
             if lease.pipelining {
                 send_pipelined(&mut lease.conn, envelope, raw).await
             } else {
-                lease.conn.send(envelope, raw).await
+                lease.conn.send(envelope, raw).await.map_err(SendError::from)
             }
         };
         let result = tokio::time::timeout(self.s.timeout, send).await;
@@ -200,7 +200,7 @@ async fn send_pipelined(
     conn: &mut AsyncSmtpConnection,
     envelope: &Envelope,
     raw: &[u8],
-) -> Result<Response, SmtpError> {
+) -> Result<Response, SendError> {
     let non_ascii_address =
         envelope.from().into_iter().chain(envelope.to()).any(|a| !AsRef::<str>::as_ref(a).is_ascii());
     let eight_bit = !raw.is_ascii();
@@ -209,7 +209,7 @@ async fn send_pipelined(
         || (eight_bit && !info.supports_feature(Extension::EightBitMime))
     {
         // The server would refuse it: let lettre say why.
-        return conn.send(envelope, raw).await;
+        return Ok(conn.send(envelope, raw).await?);
     }
     let mut mail_options = vec![];
     if non_ascii_address {
@@ -223,12 +223,17 @@ async fn send_pipelined(
         commands.push_str(&Rcpt::new(to.clone(), vec![]).to_string());
     }
     commands.push_str(&Data.to_string());
-    // `command` writes all three and reads the first reply; the others follow.
+    // `command` writes them all and reads MAIL's reply; RCPT's (one per recipient) and DATA's
+    // 354 follow, in order.
     conn.command(commands).await?;
     for _ in envelope.to() {
         conn.read_response().await?;
     }
-    conn.message(raw).await
+    let go_ahead = conn.read_response().await?;
+    if go_ahead.code().to_string() != "354" {
+        return Err(SendError::Connection(format!("the server answered DATA with {}", go_ahead.code())));
+    }
+    Ok(conn.message(raw).await?)
 }
 
 fn timeout_error(after: Duration) -> SendError {
