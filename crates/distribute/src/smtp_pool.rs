@@ -120,7 +120,7 @@ impl SmtpPool {
                 // lettre has already sent QUIT and marked the connection broken if needed; a
                 // connection is never reused after an error either way.
                 lease.conn.abort().await;
-                Err(e.into())
+                Err(e)
             }
             Err(_) => {
                 let mut conn = lease.conn;
