@@ -311,12 +311,16 @@ impl EmailChannel {
 
     /// Builds the message exactly as it will be sent.
     pub fn build(&self, m: &EmailMessage) -> Result<Message, DeliveryError> {
-        let to_addr = m
+        let to_addr: lettre::Address = m
             .to
             .parse()
             .map_err(|e| DeliveryError::Permanent(format!("recipient `{}` is not an address: {e}", m.to)))?;
+        // Given, so lettre need not parse it back out of the From and To headers.
+        let envelope = lettre::address::Envelope::new(Some(self.from.email.clone()), vec![to_addr.clone()])
+            .map_err(|e| DeliveryError::Permanent(format!("cannot address the message: {e}")))?;
         let to = Mailbox::new((!m.to_name.is_empty()).then(|| m.to_name.clone()), to_addr);
         Message::builder()
+            .envelope(envelope)
             .from(self.from.clone())
             .to(to)
             .subject(m.rendered.subject.clone())

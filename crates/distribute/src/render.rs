@@ -25,10 +25,12 @@ pub struct RenderedEmail {
     pub html: String,
 }
 
-/// Everything a bulletin email template can use.
+/// Everything a bulletin email template can use. `B` is the bulletin, or (for the delivery
+/// worker, which renders one bulletin thousands of times) the bulletin already made a template
+/// value once by [`bulletin_value`], so each email does not copy and convert it again.
 #[derive(Clone, Debug, Serialize)]
-pub struct EmailContext {
-    pub bulletin: Bulletin,
+pub struct EmailContext<B = Bulletin> {
+    pub bulletin: B,
     pub organisation: String,
     pub recipient_name: String,
     pub unsubscribe_url: String,
@@ -57,6 +59,12 @@ pub struct DigestItem {
     pub bulletin_url: String,
     /// False for TLP:RED: a notice and a link only.
     pub body_allowed: bool,
+}
+
+/// A bulletin as a template value, for [`EmailContext`]: what rendering would make of it each
+/// time, made once (template values are shared, not copied, when put in a context).
+pub fn bulletin_value(b: &Bulletin) -> minijinja::Value {
+    minijinja::Value::from(minijinja::value::Serde(b))
 }
 
 pub struct Renderer {
@@ -100,7 +108,11 @@ impl Renderer {
     }
 
     /// Renders the email for a bulletin of template kind `kind` (e.g. `bulletin`).
-    pub fn render_email(&self, kind: &str, ctx: &EmailContext) -> Result<RenderedEmail, RenderError> {
+    pub fn render_email<B: Serialize>(
+        &self,
+        kind: &str,
+        ctx: &EmailContext<B>,
+    ) -> Result<RenderedEmail, RenderError> {
         self.render_kind(kind, ctx)
     }
 

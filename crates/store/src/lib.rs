@@ -170,7 +170,6 @@ fn sqlite_write_turn(pool: &SqlitePool) -> Arc<tokio::sync::Mutex<()>> {
 /// back before the connection goes back to the pool.
 async fn sqlite_command(
     pool: &SqlitePool,
-    same_text_each_time: bool,
     build: impl FnOnce(&mut QueryBuilder<sqlx::Sqlite>) + Send + 'static,
 ) -> Result<Vec<sqlx::sqlite::SqliteRow>> {
     let pool = pool.clone();
@@ -181,8 +180,7 @@ async fn sqlite_command(
         let mut qb = QueryBuilder::new("BEGIN IMMEDIATE; ");
         build(&mut qb);
         qb.push("; COMMIT");
-        // A text built around a batch (its VALUES list) is not worth keeping prepared.
-        let result = qb.build().persistent(same_text_each_time).fetch_all(&mut *conn).await;
+        let result = qb.build().fetch_all(&mut *conn).await;
         if result.is_err() {
             let _ = sqlx::query("ROLLBACK").execute(&mut *conn).await;
         }
@@ -2263,7 +2261,7 @@ impl Store {
                 // Both claims and the commit in one command (see `sqlite_command`); the second
                 // takes what the first left (`changes()` is the first's row count).
                 let worker = worker.to_owned();
-                let rows = sqlite_command(pool, true, move |qb| {
+                let rows = sqlite_command(pool, move |qb| {
                     for (which, first) in [("attempts = 0", true), ("attempts > 0", false)] {
                         if !first {
                             qb.push("; ");
@@ -2360,7 +2358,7 @@ impl Store {
         let mut chunks: Vec<Vec<AttemptChange>> = Vec::new();
         let mut seen = std::collections::HashSet::new();
         for c in changes {
-            if chunks.last().is_none_or(|l| l.len() >= 500) || !seen.insert(c.id.clone()) {
+            if chunks.last().is_none_or(|l| l.len() >= 512) || !seen.insert(c.id.clone()) {
                 seen.clear();
                 seen.insert(c.id.clone());
                 chunks.push(Vec::new());
@@ -2374,18 +2372,25 @@ impl Store {
             Backend::Sqlite(pool) => {
                 // One command for the whole batch: per chunk, the state change and the attempt
                 // rows (numbered from the row just updated), then one commit.
-                let rows = sqlite_command(pool, false, move |qb| {
+                // Each chunk's VALUES lists are padded to a power of two with rows that match
+                // nothing, so the command's text repeats and stays prepared (parsing a fresh
+                // statement for every batch cost more than running it).
+                let rows = sqlite_command(pool, move |qb| {
                     for (i, chunk) in chunks.into_iter().enumerate() {
                         if i > 0 {
                             qb.push("; ");
                         }
-                        AttemptChange::push_update(qb, &chunk, "");
+                        let (n, rows) = (chunk.len(), chunk.len().next_power_of_two());
+                        AttemptChange::push_update(qb, &chunk, rows, "");
                         qb.push("; WITH a(id, started_at, duration_ms, outcome, detail) AS (VALUES ");
                         for (j, c) in chunk.into_iter().enumerate() {
                             qb.push(if j == 0 { "(" } else { ", (" });
                             qb.push_bind(c.id).push(", ").push_bind(c.started).push(", ");
                             qb.push_bind(c.duration_ms).push(", ").push_bind(c.outcome).push(", ");
                             qb.push_bind(c.detail).push(")");
+                        }
+                        for _ in n..rows {
+                            qb.push(", (NULL, NULL, NULL, NULL, NULL)");
                         }
                         qb.push(
                             ") INSERT INTO delivery_attempts (delivery_id, attempt, started_at, duration_ms, outcome, detail)
@@ -2403,7 +2408,7 @@ impl Store {
                 let mut tx = pool.begin_write().await?;
                 for chunk in chunks {
                     let mut qb = QueryBuilder::new("");
-                    AttemptChange::push_update(&mut qb, &chunk, pool_timestamp_cast(pool));
+                    AttemptChange::push_update(&mut qb, &chunk, chunk.len(), pool_timestamp_cast(pool));
                     let updated: Vec<(String, i32)> = qb.build_query_as().fetch_all(&mut *tx).await?;
                     let attempt_of: HashMap<String, i32> = updated.into_iter().collect();
                     let attempts: Vec<(AttemptChange, i32)> =
@@ -2579,8 +2584,13 @@ impl AttemptChange {
     /// id and new attempt count of each row found. A row cancelled or suppressed while its
     /// attempt was in flight keeps that state (SET expressions read the row as it was); the
     /// attempt is still counted and put on record.
-    fn push_update<DB: sqlx::Database>(qb: &mut QueryBuilder<DB>, chunk: &[AttemptChange], ts: &str)
-    where
+    /// `rows` ≥ the chunk's length: the `VALUES` list is padded with rows that match nothing.
+    fn push_update<DB: sqlx::Database>(
+        qb: &mut QueryBuilder<DB>,
+        chunk: &[AttemptChange],
+        rows: usize,
+        ts: &str,
+    ) where
         for<'t> String: sqlx::Encode<'t, DB> + sqlx::Type<DB>,
         for<'t> Option<String>: sqlx::Encode<'t, DB> + sqlx::Type<DB>,
         for<'t> Option<DateTime<Utc>>: sqlx::Encode<'t, DB> + sqlx::Type<DB>,
@@ -2592,6 +2602,9 @@ impl AttemptChange {
             qb.push_bind(c.id.clone()).push(", ").push_bind(c.reason.clone()).push(", ");
             qb.push_bind(c.next_at).push(ts).push(", ").push_bind(c.delivered_at).push(ts).push(", ");
             qb.push_bind(c.state).push(")");
+        }
+        for _ in chunk.len()..rows {
+            qb.push(", (NULL, NULL, NULL, NULL, NULL)");
         }
         qb.push(
             ") UPDATE deliveries SET attempts = deliveries.attempts + 1,

@@ -125,6 +125,8 @@ impl Recorder {
 #[derive(Default)]
 struct Cache {
     bulletins: HashMap<String, Arc<Bulletin>>,
+    /// The same bulletins as template values, made once each.
+    values: HashMap<String, minijinja::Value>,
     orgs: HashMap<String, String>,
 }
 
@@ -575,6 +577,15 @@ impl Worker {
         Ok(b)
     }
 
+    /// A published bulletin as a template value, made once per worker.
+    async fn bulletin_value(&self, id: &str, b: &Bulletin, cache: &Mutex<Cache>) -> minijinja::Value {
+        let mut c = cache.lock().await;
+        c.values
+            .entry(id.to_owned())
+            .or_insert_with(|| broadcast_distribute::render::bulletin_value(b))
+            .clone()
+    }
+
     async fn attempt(
         &self,
         d: &Delivery,
@@ -621,7 +632,7 @@ impl Worker {
                     return self.send_digest(&contact, org_name, at, group, unsubscribe_url, cache).await;
                 }
                 let ctx = EmailContext {
-                    bulletin: (*bulletin).clone(),
+                    bulletin: self.bulletin_value(d.bulletin_id.as_str(), &bulletin, cache).await,
                     organisation: org_name,
                     recipient_name: contact.name.clone(),
                     unsubscribe_url: unsubscribe_url.clone(),
