@@ -2380,23 +2380,12 @@ impl Store {
                         if i > 0 {
                             qb.push("; ");
                         }
-                        let (n, rows) = (chunk.len(), chunk.len().next_power_of_two());
-                        AttemptChange::push_update(qb, &chunk, rows, "");
-                        qb.push("; WITH a(id, started_at, duration_ms, outcome, detail) AS (VALUES ");
-                        for (j, c) in chunk.into_iter().enumerate() {
-                            qb.push(if j == 0 { "(" } else { ", (" });
-                            qb.push_bind(c.id).push(", ").push_bind(c.started).push(", ");
-                            qb.push_bind(c.duration_ms).push(", ").push_bind(c.outcome).push(", ");
-                            qb.push_bind(c.detail).push(")");
-                        }
-                        for _ in n..rows {
-                            qb.push(", (NULL, NULL, NULL, NULL, NULL)");
-                        }
-                        qb.push(
-                            ") INSERT INTO delivery_attempts (delivery_id, attempt, started_at, duration_ms, outcome, detail)
-                             SELECT a.id, d.attempts, a.started_at, a.duration_ms, a.outcome, a.detail
-                             FROM a, deliveries d WHERE d.id = a.id",
-                        );
+                        let rows = chunk.len().next_power_of_two();
+                        qb.push("WITH ");
+                        AttemptChange::push_changes(qb, &chunk, rows, "");
+                        qb.push(format_args!(" {APPLY_ATTEMPTS}; WITH "));
+                        AttemptChange::push_attempt_rows(qb, &chunk, rows, "");
+                        qb.push(format_args!(" {}", insert_attempts_from("deliveries")));
                     }
                 })
                 .await?;
@@ -2405,34 +2394,29 @@ impl Store {
                 }
             }
             Backend::Postgres(pool) => {
-                let mut tx = pool.begin_write().await?;
+                // Per chunk one statement — the state change in a data-modifying CTE, the
+                // attempt rows inserted from what it returned — so one round trip, atomic on
+                // its own; a transaction only when there are several chunks.
+                let ts = pool_timestamp_cast(pool);
+                let mut tx = if chunks.len() > 1 { Some(pool.begin_write().await?) } else { None };
                 for chunk in chunks {
-                    let mut qb = QueryBuilder::new("");
-                    AttemptChange::push_update(&mut qb, &chunk, chunk.len(), pool_timestamp_cast(pool));
-                    let updated: Vec<(String, i32)> = qb.build_query_as().fetch_all(&mut *tx).await?;
-                    let attempt_of: HashMap<String, i32> = updated.into_iter().collect();
-                    let attempts: Vec<(AttemptChange, i32)> =
-                        chunk.into_iter().filter_map(|c| attempt_of.get(&c.id).map(|n| (c, *n))).collect();
-                    for (c, _) in &attempts {
-                        *found.entry(c.id.clone()).or_default() += 1;
+                    let mut qb = QueryBuilder::new("WITH ");
+                    AttemptChange::push_changes(&mut qb, &chunk, chunk.len(), ts);
+                    qb.push(format_args!(", u AS ({APPLY_ATTEMPTS}), "));
+                    AttemptChange::push_attempt_rows(&mut qb, &chunk, chunk.len(), ts);
+                    qb.push(format_args!(" {} RETURNING delivery_id", insert_attempts_from("u")));
+                    let query = qb.build_query_as::<(String,)>();
+                    let recorded = match tx.as_mut() {
+                        Some(tx) => query.fetch_all(&mut **tx).await?,
+                        None => query.fetch_all(pool).await?,
+                    };
+                    for (id,) in recorded {
+                        *found.entry(id).or_default() += 1;
                     }
-                    if attempts.is_empty() {
-                        continue;
-                    }
-                    let mut qb = QueryBuilder::new(
-                        "INSERT INTO delivery_attempts (delivery_id, attempt, started_at, duration_ms, outcome, detail) ",
-                    );
-                    qb.push_values(attempts, |mut row, (c, attempt)| {
-                        row.push_bind(c.id)
-                            .push_bind(attempt)
-                            .push_bind(c.started)
-                            .push_bind(c.duration_ms)
-                            .push_bind(c.outcome)
-                            .push_bind(c.detail);
-                    });
-                    qb.build().execute(&mut *tx).await?;
                 }
-                tx.commit().await?;
+                if let Some(tx) = tx {
+                    tx.commit().await?;
+                }
             }
         }
         Ok(order
@@ -2580,12 +2564,9 @@ impl AttemptChange {
         }
     }
 
-    /// One `UPDATE … FROM (VALUES …)` moving a chunk of distinct deliveries on, returning the
-    /// id and new attempt count of each row found. A row cancelled or suppressed while its
-    /// attempt was in flight keeps that state (SET expressions read the row as it was); the
-    /// attempt is still counted and put on record.
-    /// `rows` ≥ the chunk's length: the `VALUES` list is padded with rows that match nothing.
-    fn push_update<DB: sqlx::Database>(
+    /// `v(…) AS (VALUES …)`: each delivery's new state, for [`APPLY_ATTEMPTS`]. `rows` ≥ the
+    /// chunk's length: the list is padded with rows that match nothing.
+    fn push_changes<DB: sqlx::Database>(
         qb: &mut QueryBuilder<DB>,
         chunk: &[AttemptChange],
         rows: usize,
@@ -2596,7 +2577,7 @@ impl AttemptChange {
         for<'t> Option<DateTime<Utc>>: sqlx::Encode<'t, DB> + sqlx::Type<DB>,
         for<'t> &'static str: sqlx::Encode<'t, DB> + sqlx::Type<DB>,
     {
-        qb.push("WITH v(id, reason, next_at, delivered_at, state) AS (VALUES ");
+        qb.push("v(id, reason, next_at, delivered_at, state) AS (VALUES ");
         for (i, c) in chunk.iter().enumerate() {
             qb.push(if i == 0 { "(" } else { ", (" });
             qb.push_bind(c.id.clone()).push(", ").push_bind(c.reason.clone()).push(", ");
@@ -2606,17 +2587,54 @@ impl AttemptChange {
         for _ in chunk.len()..rows {
             qb.push(", (NULL, NULL, NULL, NULL, NULL)");
         }
-        qb.push(
-            ") UPDATE deliveries SET attempts = deliveries.attempts + 1,
-                reason = CASE WHEN deliveries.state = 'pending' THEN v.reason ELSE deliveries.reason END,
-                next_attempt_at = CASE WHEN deliveries.state = 'pending' THEN COALESCE(v.next_at, deliveries.next_attempt_at) ELSE deliveries.next_attempt_at END,
-                delivered_at = CASE WHEN deliveries.state = 'pending' THEN v.delivered_at ELSE deliveries.delivered_at END,
-                lease_until = CASE WHEN deliveries.state = 'pending' THEN NULL ELSE deliveries.lease_until END,
-                leased_by = CASE WHEN deliveries.state = 'pending' THEN NULL ELSE deliveries.leased_by END,
-                state = CASE WHEN deliveries.state = 'pending' THEN v.state ELSE deliveries.state END
-             FROM v WHERE deliveries.id = v.id RETURNING deliveries.id, deliveries.attempts",
-        );
+        qb.push(")");
     }
+
+    /// `a(…) AS (VALUES …)`: the attempt rows, for [`insert_attempts_from`]; padded likewise.
+    fn push_attempt_rows<DB: sqlx::Database>(
+        qb: &mut QueryBuilder<DB>,
+        chunk: &[AttemptChange],
+        rows: usize,
+        ts: &str,
+    ) where
+        for<'t> String: sqlx::Encode<'t, DB> + sqlx::Type<DB>,
+        for<'t> DateTime<Utc>: sqlx::Encode<'t, DB> + sqlx::Type<DB>,
+        for<'t> i64: sqlx::Encode<'t, DB> + sqlx::Type<DB>,
+        for<'t> &'static str: sqlx::Encode<'t, DB> + sqlx::Type<DB>,
+    {
+        qb.push("a(id, started_at, duration_ms, outcome, detail) AS (VALUES ");
+        for (i, c) in chunk.iter().enumerate() {
+            qb.push(if i == 0 { "(" } else { ", (" });
+            qb.push_bind(c.id.clone()).push(", ").push_bind(c.started).push(ts).push(", ");
+            qb.push_bind(c.duration_ms).push(", ").push_bind(c.outcome).push(", ");
+            qb.push_bind(c.detail.clone()).push(")");
+        }
+        for _ in chunk.len()..rows {
+            qb.push(", (NULL, NULL, NULL, NULL, NULL)");
+        }
+        qb.push(")");
+    }
+}
+
+/// Moves each delivery of `v` on and returns the id and new attempt count of each row found.
+/// A row cancelled or suppressed while its attempt was in flight keeps that state (SET
+/// expressions read the row as it was); the attempt is still counted and put on record.
+const APPLY_ATTEMPTS: &str = "UPDATE deliveries SET attempts = deliveries.attempts + 1,
+        reason = CASE WHEN deliveries.state = 'pending' THEN v.reason ELSE deliveries.reason END,
+        next_attempt_at = CASE WHEN deliveries.state = 'pending' THEN COALESCE(v.next_at, deliveries.next_attempt_at) ELSE deliveries.next_attempt_at END,
+        delivered_at = CASE WHEN deliveries.state = 'pending' THEN v.delivered_at ELSE deliveries.delivered_at END,
+        lease_until = CASE WHEN deliveries.state = 'pending' THEN NULL ELSE deliveries.lease_until END,
+        leased_by = CASE WHEN deliveries.state = 'pending' THEN NULL ELSE deliveries.leased_by END,
+        state = CASE WHEN deliveries.state = 'pending' THEN v.state ELSE deliveries.state END
+     FROM v WHERE deliveries.id = v.id RETURNING deliveries.id, deliveries.attempts";
+
+/// Inserts the attempt rows of `a`, numbered from `rows` — the deliveries just updated (the
+/// table on SQLite, the UPDATE's result on PostgreSQL) — skipping deliveries that do not exist.
+fn insert_attempts_from(rows: &str) -> String {
+    format!(
+        "INSERT INTO delivery_attempts (delivery_id, attempt, started_at, duration_ms, outcome, detail)
+         SELECT a.id, d.attempts, a.started_at, a.duration_ms, a.outcome, a.detail FROM a, {rows} d WHERE d.id = a.id"
+    )
 }
 
 /// One outbox row to be written by a publish.
