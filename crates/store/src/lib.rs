@@ -2382,9 +2382,9 @@ impl Store {
                         }
                         let rows = chunk.len().next_power_of_two();
                         qb.push("WITH ");
-                        AttemptChange::push_changes(qb, &chunk, rows, "");
+                        AttemptChange::push_values(qb, false, &chunk, rows, "");
                         qb.push(format_args!(" {APPLY_ATTEMPTS}; WITH "));
-                        AttemptChange::push_attempt_rows(qb, &chunk, rows, "");
+                        AttemptChange::push_values(qb, true, &chunk, rows, "");
                         qb.push(format_args!(" {}", insert_attempts_from("deliveries")));
                     }
                 })
@@ -2401,9 +2401,9 @@ impl Store {
                 let mut tx = if chunks.len() > 1 { Some(pool.begin_write().await?) } else { None };
                 for chunk in chunks {
                     let mut qb = QueryBuilder::new("WITH ");
-                    AttemptChange::push_changes(&mut qb, &chunk, chunk.len(), ts);
+                    AttemptChange::push_values(&mut qb, false, &chunk, chunk.len(), ts);
                     qb.push(format_args!(", u AS ({APPLY_ATTEMPTS}), "));
-                    AttemptChange::push_attempt_rows(&mut qb, &chunk, chunk.len(), ts);
+                    AttemptChange::push_values(&mut qb, true, &chunk, chunk.len(), ts);
                     qb.push(format_args!(" {} RETURNING delivery_id", insert_attempts_from("u")));
                     let query = qb.build_query_as::<(String,)>();
                     let recorded = match tx.as_mut() {
@@ -2564,50 +2564,37 @@ impl AttemptChange {
         }
     }
 
-    /// `v(…) AS (VALUES …)`: each delivery's new state, for [`APPLY_ATTEMPTS`]. `rows` ≥ the
-    /// chunk's length: the list is padded with rows that match nothing.
-    fn push_changes<DB: sqlx::Database>(
+    /// A `VALUES` list of the chunk as a named CTE: `v(…)`, each delivery's new state (for
+    /// [`APPLY_ATTEMPTS`]), or `a(…)`, the attempt rows (for [`insert_attempts_from`]). `rows`
+    /// ≥ the chunk's length: the list is padded with rows that match nothing.
+    fn push_values<DB: sqlx::Database>(
         qb: &mut QueryBuilder<DB>,
+        attempt_rows: bool,
         chunk: &[AttemptChange],
         rows: usize,
         ts: &str,
     ) where
         for<'t> String: sqlx::Encode<'t, DB> + sqlx::Type<DB>,
         for<'t> Option<String>: sqlx::Encode<'t, DB> + sqlx::Type<DB>,
-        for<'t> Option<DateTime<Utc>>: sqlx::Encode<'t, DB> + sqlx::Type<DB>,
-        for<'t> &'static str: sqlx::Encode<'t, DB> + sqlx::Type<DB>,
-    {
-        qb.push("v(id, reason, next_at, delivered_at, state) AS (VALUES ");
-        for (i, c) in chunk.iter().enumerate() {
-            qb.push(if i == 0 { "(" } else { ", (" });
-            qb.push_bind(c.id.clone()).push(", ").push_bind(c.reason.clone()).push(", ");
-            qb.push_bind(c.next_at).push(ts).push(", ").push_bind(c.delivered_at).push(ts).push(", ");
-            qb.push_bind(c.state).push(")");
-        }
-        for _ in chunk.len()..rows {
-            qb.push(", (NULL, NULL, NULL, NULL, NULL)");
-        }
-        qb.push(")");
-    }
-
-    /// `a(…) AS (VALUES …)`: the attempt rows, for [`insert_attempts_from`]; padded likewise.
-    fn push_attempt_rows<DB: sqlx::Database>(
-        qb: &mut QueryBuilder<DB>,
-        chunk: &[AttemptChange],
-        rows: usize,
-        ts: &str,
-    ) where
-        for<'t> String: sqlx::Encode<'t, DB> + sqlx::Type<DB>,
         for<'t> DateTime<Utc>: sqlx::Encode<'t, DB> + sqlx::Type<DB>,
+        for<'t> Option<DateTime<Utc>>: sqlx::Encode<'t, DB> + sqlx::Type<DB>,
         for<'t> i64: sqlx::Encode<'t, DB> + sqlx::Type<DB>,
         for<'t> &'static str: sqlx::Encode<'t, DB> + sqlx::Type<DB>,
     {
-        qb.push("a(id, started_at, duration_ms, outcome, detail) AS (VALUES ");
+        qb.push(if attempt_rows {
+            "a(id, started_at, duration_ms, outcome, detail) AS (VALUES "
+        } else {
+            "v(id, reason, next_at, delivered_at, state) AS (VALUES "
+        });
         for (i, c) in chunk.iter().enumerate() {
-            qb.push(if i == 0 { "(" } else { ", (" });
-            qb.push_bind(c.id.clone()).push(", ").push_bind(c.started).push(ts).push(", ");
-            qb.push_bind(c.duration_ms).push(", ").push_bind(c.outcome).push(", ");
-            qb.push_bind(c.detail.clone()).push(")");
+            qb.push(if i == 0 { "(" } else { ", (" }).push_bind(c.id.clone()).push(", ");
+            if attempt_rows {
+                qb.push_bind(c.started).push(ts).push(", ").push_bind(c.duration_ms).push(", ");
+                qb.push_bind(c.outcome).push(", ").push_bind(c.detail.clone()).push(")");
+            } else {
+                qb.push_bind(c.reason.clone()).push(", ").push_bind(c.next_at).push(ts).push(", ");
+                qb.push_bind(c.delivered_at).push(ts).push(", ").push_bind(c.state).push(")");
+            }
         }
         for _ in chunk.len()..rows {
             qb.push(", (NULL, NULL, NULL, NULL, NULL)");
