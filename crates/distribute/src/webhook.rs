@@ -111,7 +111,7 @@ impl Channel for WebhookChannel {
             .join(" ");
         let resp = self
             .client
-            .post(&m.url)
+            .post(url)
             .header("content-type", "application/json")
             .header("webhook-id", &m.id)
             .header("webhook-timestamp", m.timestamp.to_string())

@@ -13,8 +13,8 @@ use crate::app::App;
 use crate::stages::sleep_or_shutdown;
 use anyhow::Result;
 use broadcast_core::{
-    Bulletin, ChannelKind, Contact, ContactId, Delivery, DeliveryId, Endpoint, EndpointHealthAction,
-    EndpointId,
+    Bulletin, ChannelKind, Contact, ContactId, Delivery, DeliveryId, Endpoint, EndpointFormat,
+    EndpointHealthAction, EndpointId,
 };
 use broadcast_distribute::email::{EmailChannel, EmailMessage};
 use broadcast_distribute::render::{DigestContext, DigestItem, EmailContext};
@@ -127,6 +127,8 @@ struct Cache {
     bulletins: HashMap<String, Arc<Bulletin>>,
     /// The same bulletins as template values, made once each.
     values: HashMap<String, minijinja::Value>,
+    /// Webhook bodies by bulletin and format: the same bytes for every endpoint of a format.
+    payloads: HashMap<(String, EndpointFormat), String>,
     orgs: HashMap<String, String>,
 }
 
@@ -668,7 +670,13 @@ impl Worker {
                     id: d.id.to_string(),
                     url: ep.url.clone(),
                     secrets: ep.signing_secrets(now).into_iter().map(str::to_owned).collect(),
-                    body: payload::for_format(ep.format, &bulletin, &bulletin_url),
+                    body: cache
+                        .lock()
+                        .await
+                        .payloads
+                        .entry((d.bulletin_id.to_string(), ep.format))
+                        .or_insert_with(|| payload::for_format(ep.format, &bulletin, &bulletin_url))
+                        .clone(),
                     timestamp: now.timestamp(),
                 };
                 self.webhook.deliver(&msg).await
