@@ -2283,33 +2283,31 @@ impl Store {
                 rows.iter().map(sqlx::FromRow::from_row).collect::<Result<_, sqlx::Error>>()?
             }
             Backend::Postgres(pool) => {
-                let mut tx = pool.begin_write().await?;
-                let mut rows: Vec<DeliveryRow> = Vec::new();
-                for which in ["attempts = 0", "attempts > 0"] {
-                    let left = limit - rows.len() as i64;
-                    if left <= 0 {
-                        break;
-                    }
-                    let sql = format!(
-                        "UPDATE deliveries SET lease_until = $1, leased_by = $2
-                         WHERE id IN (SELECT id {DUE}$3 AND {which}
-                                        AND (lease_until IS NULL OR lease_until <= $3)
-                                      ORDER BY next_attempt_at, id
-                                      LIMIT $4{})
-                         RETURNING {DELIVERY_COLUMNS}",
+                // One statement, one round trip: both picks lock their rows (SKIP LOCKED, so
+                // workers never wait on each other) and the retries take what the first
+                // attempts left.
+                let due = |which: &str, limit: &str| {
+                    format!(
+                        "SELECT id {DUE}$3 AND {which} AND (lease_until IS NULL OR lease_until <= $3)
+                         ORDER BY next_attempt_at, id LIMIT {limit}{}",
                         pool_skip_locked(pool)
-                    );
-                    let mut part: Vec<DeliveryRow> = sqlx::query_as(sqlx::AssertSqlSafe(sql))
-                        .bind(until)
-                        .bind(worker)
-                        .bind(now)
-                        .bind(left)
-                        .fetch_all(&mut *tx)
-                        .await?;
-                    rows.append(&mut part);
-                }
-                tx.commit().await?;
-                rows
+                    )
+                };
+                let sql = format!(
+                    "WITH firsts AS ({}), retries AS ({})
+                     UPDATE deliveries SET lease_until = $1, leased_by = $2
+                     WHERE id IN (SELECT id FROM firsts UNION ALL SELECT id FROM retries)
+                     RETURNING {DELIVERY_COLUMNS}",
+                    due("attempts = 0", "$4"),
+                    due("attempts > 0", "GREATEST($4 - (SELECT COUNT(*) FROM firsts), 0)"),
+                );
+                sqlx::query_as(sqlx::AssertSqlSafe(sql))
+                    .bind(until)
+                    .bind(worker)
+                    .bind(now)
+                    .bind(limit)
+                    .fetch_all(pool)
+                    .await?
             }
         };
         let mut out = rows.into_iter().map(DeliveryRow::into_delivery).collect::<Result<Vec<_>>>()?;
