@@ -3,11 +3,11 @@
 //! queue when its lease expires, so nothing is lost; the webhook id and Message-ID come
 //! from the delivery id, so a resend after a crash is recognisable as the same message.
 //!
-//! Isolation: the worker is a pipeline, not a batch. It claims more rows as soon as a slot
-//! frees, so a slow or dead endpoint never holds up the rest; each host and each endpoint
-//! has its own concurrency cap, and a row whose host or endpoint is at its cap is handed
-//! back for a moment without counting an attempt. First attempts are claimed before
-//! retries.
+//! Isolation: the worker is a pipeline, not a batch. It keeps rows claimed ahead (up to
+//! `delivery.batch_size`) and starts the next as soon as a slot frees, so a slow or dead
+//! endpoint never holds up the rest; each host and each endpoint has its own concurrency cap,
+//! and a row whose host or endpoint is at its cap is handed back for a moment without
+//! counting an attempt. First attempts are claimed, and started, before retries.
 
 use crate::app::App;
 use crate::stages::sleep_or_shutdown;
