@@ -109,6 +109,8 @@ enum Backend {
 #[derive(Clone)]
 pub struct Store {
     backend: Backend,
+    /// On SQLite, keeps this file's writer open while the store is (see [`sqlite_writer`]).
+    _writer: Option<Arc<SqliteWriter>>,
 }
 
 /// Backend-specific pieces the shared method bodies need.
@@ -125,13 +127,10 @@ trait Pool {
 }
 
 /// A write transaction. On SQLite it also holds this process's turn to write to that
-/// database file: writers of one process queue here, in order and without delay, rather than
-/// on SQLite's busy handler, which sleeps 1, 2, 5, 10 … ms between tries (the delivery
-/// worker's claims and attempt records were meeting there hundreds of times a second).
-/// Writers in other processes still meet on `busy_timeout`.
+/// database file (see [`SqliteWriter`]).
 struct WriteTx<DB: sqlx::Database> {
     tx: Transaction<'static, DB>,
-    _turn: Option<tokio::sync::OwnedMutexGuard<()>>,
+    _turn: Option<tokio::sync::OwnedMutexGuard<Option<sqlx::SqliteConnection>>>,
 }
 
 impl<DB: sqlx::Database> WriteTx<DB> {
@@ -153,36 +152,65 @@ impl<DB: sqlx::Database> std::ops::DerefMut for WriteTx<DB> {
     }
 }
 
-/// One writer's turn per SQLite database file in this process.
-fn sqlite_write_turn(pool: &SqlitePool) -> Arc<tokio::sync::Mutex<()>> {
-    static TURNS: std::sync::LazyLock<
-        std::sync::Mutex<HashMap<std::path::PathBuf, Arc<tokio::sync::Mutex<()>>>>,
-    > = std::sync::LazyLock::new(Default::default);
+/// This process's writer for one SQLite database file. Its lock is the process's turn to
+/// write: writers of one process queue here, in order and without delay, rather than on
+/// SQLite's busy handler, which sleeps 1, 2, 5, 10 … ms between tries (the delivery worker's
+/// claims and attempt records were meeting there hundreds of times a second). Writers in
+/// other processes still meet on `busy_timeout`.
+///
+/// It also holds one connection, kept out of the pool, on which the hot write commands run
+/// ([`sqlite_command`]): a connection's page cache is emptied whenever another connection has
+/// written to the file since its last transaction, so writes spread over the pool re-read
+/// their index pages each time, and a connection handed back to the pool is only usable again
+/// once a task spawned for that has run. One kept connection has neither cost.
+struct SqliteWriter {
+    conn: Arc<tokio::sync::Mutex<Option<sqlx::SqliteConnection>>>,
+    options: SqliteConnectOptions,
+}
+
+/// The writer of `pool`'s database file, made on first use and shared by every store of
+/// this process open on that file (each [`Store`] holds it, so it lives as long as they do).
+fn sqlite_writer(pool: &SqlitePool) -> Arc<SqliteWriter> {
+    type Writers = HashMap<std::path::PathBuf, std::sync::Weak<SqliteWriter>>;
+    static WRITERS: std::sync::LazyLock<std::sync::Mutex<Writers>> =
+        std::sync::LazyLock::new(Default::default);
     let file = pool.connect_options().get_filename().to_path_buf();
-    TURNS.lock().expect("write-turn map lock").entry(file).or_default().clone()
+    let mut writers = WRITERS.lock().expect("writer map lock");
+    if let Some(w) = writers.get(&file).and_then(std::sync::Weak::upgrade) {
+        return w;
+    }
+    let writer = Arc::new(SqliteWriter { conn: Arc::default(), options: (*pool.connect_options()).clone() });
+    writers.retain(|_, w| w.strong_count() > 0);
+    writers.insert(file, Arc::downgrade(&writer));
+    writer
 }
 
 /// Runs one write transaction on SQLite as a single command — `BEGIN IMMEDIATE; …; COMMIT`
-/// sent to the database thread at once — and returns the rows its statements return. For the
-/// delivery worker's hot paths: each statement sent separately is a hand-over to SQLite's
-/// thread and back, which costs more than the statement itself. The command runs in its own
-/// task, so a caller that stops waiting cannot leave it half done; on an error it is rolled
-/// back before the connection goes back to the pool.
+/// sent to the database thread at once — on the file's kept writer connection, and returns
+/// the rows its statements return. For the delivery worker's hot paths: each statement sent
+/// separately is a hand-over to SQLite's thread and back, which costs more than the statement
+/// itself. The command runs in its own task, so a caller that stops waiting cannot leave it
+/// half done; on an error it is rolled back (or, if that fails too, the connection is
+/// dropped and the next command opens a new one).
 async fn sqlite_command(
     pool: &SqlitePool,
     build: impl FnOnce(&mut QueryBuilder<sqlx::Sqlite>) + Send + 'static,
 ) -> Result<Vec<sqlx::sqlite::SqliteRow>> {
-    let pool = pool.clone();
-    let turn = sqlite_write_turn(&pool);
+    let writer = sqlite_writer(pool);
     let task = tokio::spawn(async move {
-        let _turn = turn.lock_owned().await;
-        let mut conn = pool.acquire().await?;
+        let mut held = writer.conn.clone().lock_owned().await;
+        let conn = match held.as_mut() {
+            Some(conn) => conn,
+            None => held.insert(sqlx::ConnectOptions::connect(&writer.options).await?),
+        };
         let mut qb = QueryBuilder::new("BEGIN IMMEDIATE; ");
         build(&mut qb);
         qb.push("; COMMIT");
         let result = qb.build().fetch_all(&mut *conn).await;
-        if result.is_err() {
-            let _ = sqlx::query("ROLLBACK").execute(&mut *conn).await;
+        if result.is_err() && sqlx::query("ROLLBACK").execute(&mut *conn).await.is_err() {
+            // Not in a transaction any more (the error ended it) or the connection is broken:
+            // only in the second case does it matter, and a new connection is right for both.
+            *held = None;
         }
         Ok::<_, StoreError>(result?)
     });
@@ -194,7 +222,7 @@ impl Pool for SqlitePool {
     const SKIP_LOCKED: &'static str = "";
     const TIMESTAMP_CAST: &'static str = "";
     async fn begin_write(&self) -> Result<WriteTx<sqlx::Sqlite>, sqlx::Error> {
-        let turn = sqlite_write_turn(self).lock_owned().await;
+        let turn = sqlite_writer(self).conn.clone().lock_owned().await;
         Ok(WriteTx { tx: self.begin_with("BEGIN IMMEDIATE").await?, _turn: Some(turn) })
     }
 }
@@ -604,7 +632,8 @@ impl Store {
                 .test_before_acquire(false)
                 .connect_with(opts)
                 .await?;
-            Ok(Store { backend: Backend::Sqlite(pool) })
+            let writer = sqlite_writer(&pool);
+            Ok(Store { backend: Backend::Sqlite(pool), _writer: Some(writer) })
         } else if url.starts_with("postgres://") || url.starts_with("postgresql://") {
             let opts = PgConnectOptions::from_str(url).map_err(|_| StoreError::BadUrl(url.to_owned()))?;
             let pool = PgPoolOptions::new()
@@ -612,7 +641,7 @@ impl Store {
                 .acquire_timeout(Duration::from_secs(30))
                 .connect_with(opts)
                 .await?;
-            Ok(Store { backend: Backend::Postgres(pool) })
+            Ok(Store { backend: Backend::Postgres(pool), _writer: None })
         } else {
             Err(StoreError::BadUrl(url.to_owned()))
         }
@@ -635,6 +664,12 @@ impl Store {
     }
 
     pub async fn close(&self) {
+        if let Some(writer) = &self._writer
+            && let Some(conn) = writer.conn.lock().await.take()
+        {
+            // Another store on the same file opens a new one when it next writes.
+            let _ = sqlx::Connection::close(conn).await;
+        }
         dispatch!(self, pool => pool.close().await)
     }
 
@@ -1939,10 +1974,11 @@ impl Store {
         if ids.is_empty() {
             return Ok(Vec::new());
         }
-        let sql = format!("SELECT * FROM contacts WHERE id IN ({})", placeholders(ids.len()));
+        let n = padded_len(ids.len());
+        let sql = format!("SELECT * FROM contacts WHERE id IN ({})", placeholders(n));
         dispatch!(self, pool => {
             let mut q = sqlx::query_as::<_, ContactRow>(sqlx::AssertSqlSafe(sql.clone()));
-            for id in ids {
+            for id in ids.iter().chain(std::iter::repeat_n(&ids[0], n - ids.len())) {
                 q = q.bind(id.as_str());
             }
             q.fetch_all(pool).await?.into_iter().map(ContactRow::into_contact).collect()
@@ -1954,10 +1990,11 @@ impl Store {
         if ids.is_empty() {
             return Ok(Vec::new());
         }
-        let sql = format!("SELECT * FROM endpoints WHERE id IN ({})", placeholders(ids.len()));
+        let n = padded_len(ids.len());
+        let sql = format!("SELECT * FROM endpoints WHERE id IN ({})", placeholders(n));
         dispatch!(self, pool => {
             let mut q = sqlx::query_as::<_, EndpointRow>(sqlx::AssertSqlSafe(sql.clone()));
-            for id in ids {
+            for id in ids.iter().chain(std::iter::repeat_n(&ids[0], n - ids.len())) {
                 q = q.bind(id.as_str());
             }
             q.fetch_all(pool).await?.into_iter().map(EndpointRow::into_endpoint).collect()
@@ -2461,6 +2498,18 @@ impl Store {
         })
     }
 
+    /// Whether any of a bulletin's deliveries is still pending (one index probe: cheap enough
+    /// to ask often, unlike [`Store::delivery_counts`]).
+    pub async fn any_pending(&self, id: &BulletinId) -> Result<bool> {
+        dispatch!(self, pool => {
+            let row: Option<(String,)> = sqlx::query_as(
+                "SELECT id FROM deliveries WHERE bulletin_id = $1 AND state = 'pending' LIMIT 1",
+            )
+            .bind(id.as_str()).fetch_optional(pool).await?;
+            Ok(row.is_some())
+        })
+    }
+
     /// How many attempts are on record for a bulletin's deliveries.
     pub async fn attempt_count(&self, id: &BulletinId) -> Result<i64> {
         dispatch!(self, pool => {
@@ -2612,6 +2661,13 @@ const APPLY_ATTEMPTS: &str = "UPDATE deliveries SET attempts = deliveries.attemp
         leased_by = CASE WHEN deliveries.state = 'pending' THEN NULL ELSE deliveries.leased_by END,
         state = CASE WHEN deliveries.state = 'pending' THEN v.state ELSE deliveries.state END
      FROM v WHERE deliveries.id = v.id RETURNING deliveries.id, deliveries.attempts";
+
+/// How many values an `IN (…)` list of `n` ids is given: up to 1,024 the next power of two
+/// (padded by repeating an id, which matches nothing more), so the statement's text repeats
+/// and stays prepared instead of being parsed afresh for each batch size.
+fn padded_len(n: usize) -> usize {
+    if n <= 1024 { n.next_power_of_two() } else { n }
+}
 
 /// Inserts the attempt rows of `a`, numbered from `rows` — the deliveries just updated (the
 /// table on SQLite, the UPDATE's result on PostgreSQL) — skipping deliveries that do not exist.

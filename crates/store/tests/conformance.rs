@@ -507,6 +507,11 @@ async fn batch_reads_and_recording(s: Store) {
         s.delivery_attempts(&rows[1].id).await.unwrap().iter().map(|a| a.attempt).collect();
     assert_eq!(numbers, vec![1, 2, 3]);
     assert_eq!(s.delivery_counts(&b.id).await.unwrap()["delivered"], 3);
+    // The cheap "anything left?" probe agrees with the counts.
+    assert!(s.any_pending(&b.id).await.unwrap(), "the retried row is pending");
+    let done = vec![(batch[0].0.clone(), rec(AttemptOutcome::Delivered))];
+    assert!(s.record_attempts(&done).await.unwrap()[0].is_ok());
+    assert!(!s.any_pending(&b.id).await.unwrap(), "{:?}", s.delivery_counts(&b.id).await.unwrap());
 }
 
 mod audit_tampering {

@@ -685,6 +685,9 @@ impl Worker {
     }
 }
 
+/// Rows of one claim, with their recipients.
+type ClaimedBatch = (Vec<Delivery>, HashMap<String, Recipient>);
+
 /// How often a worker looks for owed disable notices.
 const NOTICE_SWEEP_EVERY: Duration = Duration::from_secs(60);
 
@@ -732,6 +735,12 @@ pub async fn run(app: App, mut shutdown: watch::Receiver<bool>) -> Result<()> {
     // Whether the last claim found fewer due rows than it asked for: then claim again only when
     // woken by a publish, or when the wait below ends.
     let mut dry = false;
+    // Whether a claim is running (its rows arrive on `claims_rx`), and whether a publish woke
+    // the worker meanwhile: that claim may have run before the publish committed, so coming
+    // back short does not mean nothing is due.
+    let mut claiming = false;
+    let mut woken_while_claiming = false;
+    let (claims_tx, mut claims_rx) = mpsc::unbounded_channel::<(usize, Result<ClaimedBatch>)>();
     // Owed disable notices (a send failed, or the process stopped) are looked at every minute.
     let mut last_notice_sweep: Option<Instant> = None;
     loop {
@@ -761,30 +770,26 @@ pub async fn run(app: App, mut shutdown: watch::Receiver<bool>) -> Result<()> {
                 freed_tx.notify_one();
             });
         }
-        // Claim more once half of what was claimed ahead has started.
-        if !dry && claimed.len() <= ahead / 2 {
-            let want = (ahead - claimed.len()) as i64;
-            match worker.claim(want).await {
-                Ok(rows) => {
-                    dry = (rows.len() as i64) < want;
-                    let got = rows.len();
-                    let mut recipients = worker.recipients(&rows).await;
-                    for d in rows {
-                        let recipient = recipients.remove(d.recipient_id.as_str());
-                        claimed.push(d, recipient);
+        // Claim more once half of what was claimed ahead has started. The claim (a write
+        // transaction) and the read of its recipients run in their own task, so slots that
+        // free meanwhile start the rows already queued instead of waiting on the claim.
+        if !dry && !claiming && claimed.len() <= ahead / 2 {
+            let want = ahead - claimed.len();
+            let (w, tx) = (worker.clone(), claims_tx.clone());
+            claiming = true;
+            tokio::spawn(async move {
+                let result = match w.claim(want as i64).await {
+                    Ok(rows) => {
+                        let recipients = w.recipients(&rows).await;
+                        Ok((rows, recipients))
                     }
-                    if got > 0 && slots.available_permits() > 0 {
-                        continue;
-                    }
-                }
-                Err(e) => {
-                    dry = true;
-                    tracing::error!(error = %e, "claiming deliveries failed")
-                }
-            }
+                    Err(e) => Err(e),
+                };
+                let _ = tx.send((want, result));
+            });
         }
-        let wait = if claimed.len() > 0 || slots.available_permits() == 0 {
-            // Busy: a slot freeing wakes this loop; the timer only bounds the wait.
+        let wait = if claiming || claimed.len() > 0 || slots.available_permits() == 0 {
+            // Busy: a claim ending or a slot freeing wakes this loop; the timer only bounds the wait.
             poll
         } else {
             match app.store.next_due_at().await {
@@ -796,7 +801,27 @@ pub async fn run(app: App, mut shutdown: watch::Receiver<bool>) -> Result<()> {
             }
         };
         tokio::select! {
-            _ = notified => dry = false,
+            Some((want, result)) = claims_rx.recv() => {
+                claiming = false;
+                let woken = std::mem::take(&mut woken_while_claiming);
+                match result {
+                    Ok((rows, mut recipients)) => {
+                        dry = rows.len() < want && !woken;
+                        for d in rows {
+                            let recipient = recipients.remove(d.recipient_id.as_str());
+                            claimed.push(d, recipient);
+                        }
+                    }
+                    Err(e) => {
+                        dry = true;
+                        tracing::error!(error = %e, "claiming deliveries failed")
+                    }
+                }
+            }
+            _ = notified => {
+                dry = false;
+                woken_while_claiming = claiming;
+            }
             _ = freed => {}
             stop = sleep_or_shutdown(wait, &mut shutdown) => {
                 if stop { break }
@@ -805,7 +830,12 @@ pub async fn run(app: App, mut shutdown: watch::Receiver<bool>) -> Result<()> {
         }
     }
     // Rows claimed but not started go back to the queue now, for this or another worker,
-    // rather than when their leases end.
+    // rather than when their leases end (a claim still running is waited for first).
+    if claiming && let Some((_, Ok((rows, _)))) = claims_rx.recv().await {
+        for d in rows {
+            claimed.push(d, None);
+        }
+    }
     for d in claimed.drain() {
         worker.hand_back(&d).await;
     }
