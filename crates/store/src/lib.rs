@@ -327,33 +327,19 @@ macro_rules! update_organisation {
 /// publishing transaction. Evaluates to the number of rows written.
 macro_rules! fan_out {
     ($tx:expr, $b:expr, $now:expr) => {{
-        let orgs: Vec<OrgRow> = sqlx::query_as("SELECT * FROM organisations ORDER BY id").fetch_all(&mut *$tx).await?;
-        let contacts: Vec<(String, String, String, bool, Option<String>)> =
-            sqlx::query_as("SELECT id, org_id, email, unsubscribed, suppressed_reason FROM contacts ORDER BY id").fetch_all(&mut *$tx).await?;
+        let orgs: Vec<OrgRow> =
+            sqlx::query_as("SELECT * FROM organisations ORDER BY id").fetch_all(&mut *$tx).await?;
+        let contacts: Vec<(String, String, String, bool, Option<String>)> = sqlx::query_as(
+            "SELECT id, org_id, email, unsubscribed, suppressed_reason FROM contacts ORDER BY id",
+        )
+        .fetch_all(&mut *$tx)
+        .await?;
         let endpoints: Vec<(String, String, String, bool)> =
-            sqlx::query_as("SELECT id, org_id, url, enabled FROM endpoints ORDER BY id").fetch_all(&mut *$tx).await?;
+            sqlx::query_as("SELECT id, org_id, url, enabled FROM endpoints ORDER BY id")
+                .fetch_all(&mut *$tx)
+                .await?;
         let rows = plan_fan_out($b, orgs, &contacts, &endpoints, $now)?;
-        for chunk in rows.chunks(500) {
-            let mut qb = QueryBuilder::new(
-                "INSERT INTO deliveries (id, bulletin_id, org_id, channel, recipient_id, address, state, reason,
-                                         attempts, next_attempt_at, created_at, digest_at) ",
-            );
-            qb.push_values(chunk, |mut row, d| {
-                row.push_bind(d.id.clone())
-                    .push_bind($b.id.to_string())
-                    .push_bind(d.org_id.clone())
-                    .push_bind(d.channel.as_str())
-                    .push_bind(d.recipient_id.clone())
-                    .push_bind(d.address.clone())
-                    .push_bind(d.state.as_str())
-                    .push_bind(d.reason.clone())
-                    .push_bind(0i32)
-                    .push_bind(d.digest_at.unwrap_or($now))
-                    .push_bind($now)
-                    .push_bind(d.digest_at);
-            });
-            qb.build().execute(&mut *$tx).await?;
-        }
+        InsertOutbox::insert_outbox(&mut *$tx, $b.id.as_str(), &rows, $now).await?;
         rows.len()
     }};
 }
@@ -2678,6 +2664,85 @@ fn insert_attempts_from(rows: &str) -> String {
     )
 }
 
+/// Writes a publish's outbox rows, in the way each backend does fastest.
+trait InsertOutbox {
+    async fn insert_outbox(
+        &mut self,
+        bulletin: &str,
+        rows: &[NewDelivery],
+        now: DateTime<Utc>,
+    ) -> Result<(), sqlx::Error>;
+}
+
+impl InsertOutbox for sqlx::SqliteConnection {
+    /// Multi-row `INSERT … VALUES` in chunks of 500.
+    async fn insert_outbox(
+        &mut self,
+        bulletin: &str,
+        rows: &[NewDelivery],
+        now: DateTime<Utc>,
+    ) -> Result<(), sqlx::Error> {
+        for chunk in rows.chunks(500) {
+            let mut qb = QueryBuilder::new(
+                "INSERT INTO deliveries (id, bulletin_id, org_id, channel, recipient_id, address, state, reason,
+                                         attempts, next_attempt_at, created_at, digest_at) ",
+            );
+            qb.push_values(chunk, |mut row, d| {
+                row.push_bind(d.id.clone())
+                    .push_bind(bulletin.to_owned())
+                    .push_bind(d.org_id.clone())
+                    .push_bind(d.channel.as_str())
+                    .push_bind(d.recipient_id.clone())
+                    .push_bind(d.address.clone())
+                    .push_bind(d.state.as_str())
+                    .push_bind(d.reason.clone())
+                    .push_bind(0i32)
+                    .push_bind(d.digest_at.unwrap_or(now))
+                    .push_bind(now)
+                    .push_bind(d.digest_at);
+            });
+            qb.build().execute(&mut *self).await?;
+        }
+        Ok(())
+    }
+}
+
+impl InsertOutbox for sqlx::PgConnection {
+    /// One statement with a column array per field (`UNNEST`): PostgreSQL took 48 µs a row
+    /// with chunks of multi-row `VALUES` (each chunk 6,000 parameters to bind and plan).
+    async fn insert_outbox(
+        &mut self,
+        bulletin: &str,
+        rows: &[NewDelivery],
+        now: DateTime<Utc>,
+    ) -> Result<(), sqlx::Error> {
+        if rows.is_empty() {
+            return Ok(());
+        }
+        let column = |f: fn(&NewDelivery) -> String| rows.iter().map(f).collect::<Vec<String>>();
+        sqlx::query(
+            "INSERT INTO deliveries (id, bulletin_id, org_id, channel, recipient_id, address, state, reason,
+                                     attempts, next_attempt_at, created_at, digest_at)
+             SELECT id, $1, org_id, channel, recipient_id, address, state, reason, 0, COALESCE(digest_at, $2), $2, digest_at
+             FROM UNNEST($3::text[], $4::text[], $5::text[], $6::text[], $7::text[], $8::text[], $9::text[], $10::timestamptz[])
+                  AS t (id, org_id, channel, recipient_id, address, state, reason, digest_at)",
+        )
+        .bind(bulletin)
+        .bind(now)
+        .bind(column(|d| d.id.clone()))
+        .bind(column(|d| d.org_id.clone()))
+        .bind(column(|d| d.channel.as_str().to_owned()))
+        .bind(column(|d| d.recipient_id.clone()))
+        .bind(column(|d| d.address.clone()))
+        .bind(column(|d| d.state.as_str().to_owned()))
+        .bind(rows.iter().map(|d| d.reason.clone()).collect::<Vec<Option<String>>>())
+        .bind(rows.iter().map(|d| d.digest_at).collect::<Vec<Option<DateTime<Utc>>>>())
+        .execute(&mut *self)
+        .await?;
+        Ok(())
+    }
+}
+
 /// One outbox row to be written by a publish.
 struct NewDelivery {
     id: String,
@@ -2702,7 +2767,16 @@ fn plan_fan_out(
 ) -> Result<Vec<NewDelivery>> {
     let tlp = b.content.tlp;
     let level = b.content.threat_level;
-    let mut rows: Vec<NewDelivery> = Vec::new();
+    let mut rows: Vec<NewDelivery> = Vec::with_capacity(contacts.len() + endpoints.len());
+    // Each organisation's contacts and endpoints, found once (not a scan of all per organisation).
+    let mut contacts_of: HashMap<&str, Vec<_>> = HashMap::new();
+    for c in contacts {
+        contacts_of.entry(c.1.as_str()).or_default().push(c);
+    }
+    let mut endpoints_of: HashMap<&str, Vec<_>> = HashMap::new();
+    for e in endpoints {
+        endpoints_of.entry(e.1.as_str()).or_default().push(e);
+    }
     for org in orgs {
         let org = org.into_org()?;
         let org_block = if !tlp.may_go_to(org.tlp_clearance) {
@@ -2728,14 +2802,15 @@ fn plan_fan_out(
                 reason,
             })
         };
-        for (cid, _, email, unsubscribed, bounced) in contacts.iter().filter(|c| c.1 == org.id.as_str()) {
+        for (cid, _, email, unsubscribed, bounced) in contacts_of.remove(org.id.as_str()).unwrap_or_default()
+        {
             let reason = org_block
                 .clone()
                 .or_else(|| unsubscribed.then(|| "unsubscribed".to_owned()))
                 .or_else(|| bounced.clone());
             push(ChannelKind::Email, cid, email, reason);
         }
-        for (eid, _, url, enabled) in endpoints.iter().filter(|e| e.1 == org.id.as_str()) {
+        for (eid, _, url, enabled) in endpoints_of.remove(org.id.as_str()).unwrap_or_default() {
             let reason = org_block.clone().or_else(|| (!enabled).then(|| "endpoint disabled".to_owned()));
             push(ChannelKind::Webhook, eid, url, reason);
         }
