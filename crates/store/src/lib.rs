@@ -2708,39 +2708,50 @@ impl InsertOutbox for sqlx::SqliteConnection {
 }
 
 impl InsertOutbox for sqlx::PgConnection {
-    /// One statement with a column array per field (`UNNEST`): PostgreSQL took 48 µs a row
-    /// with chunks of multi-row `VALUES` (each chunk 6,000 parameters to bind and plan).
+    /// A column array per field (`UNNEST`), 10,000 rows a statement (so the arrays stay a few
+    /// MB): PostgreSQL took 48 µs a row with chunks of multi-row `VALUES` (each chunk 6,000
+    /// parameters to bind and plan).
     async fn insert_outbox(
         &mut self,
         bulletin: &str,
         rows: &[NewDelivery],
         now: DateTime<Utc>,
     ) -> Result<(), sqlx::Error> {
-        if rows.is_empty() {
-            return Ok(());
+        for rows in rows.chunks(10_000) {
+            insert_outbox_unnest(self, bulletin, rows, now).await?;
         }
-        let column = |f: fn(&NewDelivery) -> String| rows.iter().map(f).collect::<Vec<String>>();
-        sqlx::query(
-            "INSERT INTO deliveries (id, bulletin_id, org_id, channel, recipient_id, address, state, reason,
-                                     attempts, next_attempt_at, created_at, digest_at)
-             SELECT id, $1, org_id, channel, recipient_id, address, state, reason, 0, COALESCE(digest_at, $2), $2, digest_at
-             FROM UNNEST($3::text[], $4::text[], $5::text[], $6::text[], $7::text[], $8::text[], $9::text[], $10::timestamptz[])
-                  AS t (id, org_id, channel, recipient_id, address, state, reason, digest_at)",
-        )
-        .bind(bulletin)
-        .bind(now)
-        .bind(column(|d| d.id.clone()))
-        .bind(column(|d| d.org_id.clone()))
-        .bind(column(|d| d.channel.as_str().to_owned()))
-        .bind(column(|d| d.recipient_id.clone()))
-        .bind(column(|d| d.address.clone()))
-        .bind(column(|d| d.state.as_str().to_owned()))
-        .bind(rows.iter().map(|d| d.reason.clone()).collect::<Vec<Option<String>>>())
-        .bind(rows.iter().map(|d| d.digest_at).collect::<Vec<Option<DateTime<Utc>>>>())
-        .execute(&mut *self)
-        .await?;
         Ok(())
     }
+}
+
+/// One `INSERT … SELECT FROM UNNEST(…)` of `rows`.
+async fn insert_outbox_unnest(
+    conn: &mut sqlx::PgConnection,
+    bulletin: &str,
+    rows: &[NewDelivery],
+    now: DateTime<Utc>,
+) -> Result<(), sqlx::Error> {
+    let column = |f: fn(&NewDelivery) -> String| rows.iter().map(f).collect::<Vec<String>>();
+    sqlx::query(
+        "INSERT INTO deliveries (id, bulletin_id, org_id, channel, recipient_id, address, state, reason,
+                                 attempts, next_attempt_at, created_at, digest_at)
+         SELECT id, $1, org_id, channel, recipient_id, address, state, reason, 0, COALESCE(digest_at, $2), $2, digest_at
+         FROM UNNEST($3::text[], $4::text[], $5::text[], $6::text[], $7::text[], $8::text[], $9::text[], $10::timestamptz[])
+              AS t (id, org_id, channel, recipient_id, address, state, reason, digest_at)",
+    )
+    .bind(bulletin)
+    .bind(now)
+    .bind(column(|d| d.id.clone()))
+    .bind(column(|d| d.org_id.clone()))
+    .bind(column(|d| d.channel.as_str().to_owned()))
+    .bind(column(|d| d.recipient_id.clone()))
+    .bind(column(|d| d.address.clone()))
+    .bind(column(|d| d.state.as_str().to_owned()))
+    .bind(rows.iter().map(|d| d.reason.clone()).collect::<Vec<Option<String>>>())
+    .bind(rows.iter().map(|d| d.digest_at).collect::<Vec<Option<DateTime<Utc>>>>())
+    .execute(&mut *conn)
+    .await?;
+    Ok(())
 }
 
 /// One outbox row to be written by a publish.
