@@ -873,7 +873,25 @@ async fn bulletin(app: &App, cmd: BulletinCmd) -> Result<()> {
 }
 
 /// Runs the configured roles until SIGINT or SIGTERM.
+/// Below this many open files, a fan-out to thousands of distinct webhook hosts can run out.
+const OPEN_FILES_WANTED: u64 = 8192;
+
+/// Raises this process's open-file limit (soft) to its hard limit and returns it. A fan-out
+/// to many distinct webhook hosts keeps each host's connection open (idle, for reuse) for up
+/// to 20 s, one file each; systemd's default soft limit is 1,024.
+pub fn raise_open_file_limit() -> std::io::Result<u64> {
+    rlimit::increase_nofile_limit(u64::MAX)
+}
+
 async fn run(app: App) -> Result<()> {
+    match raise_open_file_limit() {
+        Ok(n) if n < OPEN_FILES_WANTED => tracing::warn!(
+            limit = n,
+            "open-file limit is low: a fan-out to thousands of distinct webhook hosts needs a file per host; raise it (systemd: LimitNOFILE=65536)"
+        ),
+        Ok(n) => tracing::info!(limit = n, "open-file limit"),
+        Err(e) => tracing::warn!(error = %e, "could not read or raise the open-file limit"),
+    }
     if let Some(seed) = &app.settings.seed_file {
         let path = app.settings.path(seed);
         let s = crate::seed::read(&path)?;
@@ -963,5 +981,19 @@ fn human_age(d: chrono::Duration) -> String {
         m if m < 90 => format!("{} min", m.max(0)),
         m if m < 48 * 60 => format!("{} h", m / 60),
         m => format!("{} d", m / (24 * 60)),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    /// A process started with a low soft limit (systemd's default is 1,024) gets its hard limit.
+    /// Each test runs in its own process under nextest, so lowering this one's limit is safe.
+    #[test]
+    fn the_open_file_limit_is_raised_to_the_hard_limit() {
+        let (_, hard) = rlimit::Resource::NOFILE.get().unwrap();
+        assert!(hard > 256, "this machine's hard limit is {hard}");
+        rlimit::Resource::NOFILE.set(256, hard).unwrap();
+        assert_eq!(super::raise_open_file_limit().unwrap(), hard);
+        assert_eq!(rlimit::Resource::NOFILE.get().unwrap(), (hard, hard));
     }
 }
