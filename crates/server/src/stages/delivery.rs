@@ -777,14 +777,16 @@ pub async fn run(app: App, mut shutdown: watch::Receiver<bool>) -> Result<()> {
             let want = ahead - claimed.len();
             let (w, tx) = (worker.clone(), claims_tx.clone());
             claiming = true;
+            let claim = async move {
+                let rows = w.claim(want as i64).await?;
+                let recipients = w.recipients(&rows).await;
+                Ok((rows, recipients))
+            };
             tokio::spawn(async move {
-                let result = match w.claim(want as i64).await {
-                    Ok(rows) => {
-                        let recipients = w.recipients(&rows).await;
-                        Ok((rows, recipients))
-                    }
-                    Err(e) => Err(e),
-                };
+                // Even a claim that panicked is reported, or the loop would wait for it forever.
+                let result = tokio::spawn(claim)
+                    .await
+                    .unwrap_or_else(|e| Err(anyhow::anyhow!("the claim task failed: {e}")));
                 let _ = tx.send((want, result));
             });
         }
@@ -831,6 +833,7 @@ pub async fn run(app: App, mut shutdown: watch::Receiver<bool>) -> Result<()> {
     }
     // Rows claimed but not started go back to the queue now, for this or another worker,
     // rather than when their leases end (a claim still running is waited for first).
+    drop(claims_tx);
     if claiming && let Some((_, Ok((rows, _)))) = claims_rx.recv().await {
         for d in rows {
             claimed.push(d, None);
