@@ -1333,3 +1333,40 @@ async fn hard_bounces_count_within_thirty_days(s: Store) {
     );
     assert!(s.audit_entries(0, 100).await.unwrap().iter().any(|e| e.action == "contact.suppress"));
 }
+
+/// Two stores of one process on the same SQLite file share its writer connection; closing one
+/// leaves the other writing (it opens a new connection), and what each wrote the other reads.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sqlite_stores_on_one_file_share_the_writer() {
+    with_sqlite_url(|a, url| async move {
+        let (_, rows) = published(&a, 6).await;
+        let b = Store::connect(&url).await.unwrap();
+        let now = t0() + Duration::seconds(1);
+        let lease = std::time::Duration::from_secs(60);
+        let by_a = a.claim_due_deliveries("a", now, lease, 3).await.unwrap();
+        assert_eq!(by_a.len(), 3);
+        a.close().await;
+        let by_b = b.claim_due_deliveries("b", now, lease, 10).await.unwrap();
+        assert_eq!(by_b.len(), 3, "b claims the rest after a closed");
+        let mut claimed: Vec<_> = by_a.iter().chain(&by_b).map(|d| d.id.clone()).collect();
+        claimed.sort();
+        let mut all: Vec<_> = rows.iter().map(|d| d.id.clone()).collect();
+        all.sort();
+        assert_eq!(claimed, all, "every row claimed once, across the two stores");
+        let done = vec![(
+            by_a[0].id.clone(),
+            AttemptRecord {
+                started_at: now,
+                duration_ms: 1,
+                outcome: AttemptOutcome::Delivered,
+                detail: "250 ok".into(),
+            },
+        )];
+        assert!(b.record_attempts(&done).await.unwrap()[0].is_ok());
+        assert_eq!(
+            b.get_delivery(&by_a[0].id).await.unwrap().state,
+            broadcast_core::DeliveryState::Delivered
+        );
+    })
+    .await
+}
