@@ -872,17 +872,17 @@ async fn bulletin(app: &App, cmd: BulletinCmd) -> Result<()> {
     Ok(())
 }
 
-/// Runs the configured roles until SIGINT or SIGTERM.
 /// Below this many open files, a fan-out to thousands of distinct webhook hosts can run out.
 const OPEN_FILES_WANTED: u64 = 8192;
 
 /// Raises this process's open-file limit (soft) to its hard limit and returns it. A fan-out
 /// to many distinct webhook hosts keeps each host's connection open (idle, for reuse) for up
 /// to 20 s, one file each; systemd's default soft limit is 1,024.
-pub fn raise_open_file_limit() -> std::io::Result<u64> {
+fn raise_open_file_limit() -> std::io::Result<u64> {
     rlimit::increase_nofile_limit(u64::MAX)
 }
 
+/// Runs the configured roles until SIGINT or SIGTERM.
 async fn run(app: App) -> Result<()> {
     match raise_open_file_limit() {
         Ok(n) if n < OPEN_FILES_WANTED => tracing::warn!(

@@ -110,7 +110,7 @@ enum Backend {
 pub struct Store {
     backend: Backend,
     /// On SQLite, keeps this file's writer open while the store is (see [`sqlite_writer`]).
-    _writer: Option<Arc<SqliteWriter>>,
+    writer: Option<Arc<SqliteWriter>>,
 }
 
 /// Backend-specific pieces the shared method bodies need.
@@ -619,7 +619,7 @@ impl Store {
                 .connect_with(opts)
                 .await?;
             let writer = sqlite_writer(&pool);
-            Ok(Store { backend: Backend::Sqlite(pool), _writer: Some(writer) })
+            Ok(Store { backend: Backend::Sqlite(pool), writer: Some(writer) })
         } else if url.starts_with("postgres://") || url.starts_with("postgresql://") {
             let opts = PgConnectOptions::from_str(url).map_err(|_| StoreError::BadUrl(url.to_owned()))?;
             let pool = PgPoolOptions::new()
@@ -627,7 +627,7 @@ impl Store {
                 .acquire_timeout(Duration::from_secs(30))
                 .connect_with(opts)
                 .await?;
-            Ok(Store { backend: Backend::Postgres(pool), _writer: None })
+            Ok(Store { backend: Backend::Postgres(pool), writer: None })
         } else {
             Err(StoreError::BadUrl(url.to_owned()))
         }
@@ -650,7 +650,7 @@ impl Store {
     }
 
     pub async fn close(&self) {
-        if let Some(writer) = &self._writer
+        if let Some(writer) = &self.writer
             && let Some(conn) = writer.conn.lock().await.take()
         {
             // Another store on the same file opens a new one when it next writes.
@@ -2718,40 +2718,29 @@ impl InsertOutbox for sqlx::PgConnection {
         now: DateTime<Utc>,
     ) -> Result<(), sqlx::Error> {
         for rows in rows.chunks(10_000) {
-            insert_outbox_unnest(self, bulletin, rows, now).await?;
+            let column = |f: fn(&NewDelivery) -> String| rows.iter().map(f).collect::<Vec<String>>();
+            sqlx::query(
+                "INSERT INTO deliveries (id, bulletin_id, org_id, channel, recipient_id, address, state, reason,
+                                         attempts, next_attempt_at, created_at, digest_at)
+                 SELECT id, $1, org_id, channel, recipient_id, address, state, reason, 0, COALESCE(digest_at, $2), $2, digest_at
+                 FROM UNNEST($3::text[], $4::text[], $5::text[], $6::text[], $7::text[], $8::text[], $9::text[], $10::timestamptz[])
+                      AS t (id, org_id, channel, recipient_id, address, state, reason, digest_at)",
+            )
+            .bind(bulletin)
+            .bind(now)
+            .bind(column(|d| d.id.clone()))
+            .bind(column(|d| d.org_id.clone()))
+            .bind(column(|d| d.channel.as_str().to_owned()))
+            .bind(column(|d| d.recipient_id.clone()))
+            .bind(column(|d| d.address.clone()))
+            .bind(column(|d| d.state.as_str().to_owned()))
+            .bind(rows.iter().map(|d| d.reason.clone()).collect::<Vec<Option<String>>>())
+            .bind(rows.iter().map(|d| d.digest_at).collect::<Vec<Option<DateTime<Utc>>>>())
+            .execute(&mut *self)
+            .await?;
         }
         Ok(())
     }
-}
-
-/// One `INSERT … SELECT FROM UNNEST(…)` of `rows`.
-async fn insert_outbox_unnest(
-    conn: &mut sqlx::PgConnection,
-    bulletin: &str,
-    rows: &[NewDelivery],
-    now: DateTime<Utc>,
-) -> Result<(), sqlx::Error> {
-    let column = |f: fn(&NewDelivery) -> String| rows.iter().map(f).collect::<Vec<String>>();
-    sqlx::query(
-        "INSERT INTO deliveries (id, bulletin_id, org_id, channel, recipient_id, address, state, reason,
-                                 attempts, next_attempt_at, created_at, digest_at)
-         SELECT id, $1, org_id, channel, recipient_id, address, state, reason, 0, COALESCE(digest_at, $2), $2, digest_at
-         FROM UNNEST($3::text[], $4::text[], $5::text[], $6::text[], $7::text[], $8::text[], $9::text[], $10::timestamptz[])
-              AS t (id, org_id, channel, recipient_id, address, state, reason, digest_at)",
-    )
-    .bind(bulletin)
-    .bind(now)
-    .bind(column(|d| d.id.clone()))
-    .bind(column(|d| d.org_id.clone()))
-    .bind(column(|d| d.channel.as_str().to_owned()))
-    .bind(column(|d| d.recipient_id.clone()))
-    .bind(column(|d| d.address.clone()))
-    .bind(column(|d| d.state.as_str().to_owned()))
-    .bind(rows.iter().map(|d| d.reason.clone()).collect::<Vec<Option<String>>>())
-    .bind(rows.iter().map(|d| d.digest_at).collect::<Vec<Option<DateTime<Utc>>>>())
-    .execute(&mut *conn)
-    .await?;
-    Ok(())
 }
 
 /// One outbox row to be written by a publish.

@@ -28,6 +28,7 @@ use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::sync::{Mutex, Notify, OwnedSemaphorePermit, Semaphore, mpsc, oneshot, watch};
+use tokio::task::JoinHandle;
 
 pub struct Worker {
     app: App,
@@ -735,12 +736,11 @@ pub async fn run(app: App, mut shutdown: watch::Receiver<bool>) -> Result<()> {
     // Whether the last claim found fewer due rows than it asked for: then claim again only when
     // woken by a publish, or when the wait below ends.
     let mut dry = false;
-    // Whether a claim is running (its rows arrive on `claims_rx`), and whether a publish woke
-    // the worker meanwhile: that claim may have run before the publish committed, so coming
-    // back short does not mean nothing is due.
-    let mut claiming = false;
+    // The claim running, if any (how many rows it asked for, and its task), and whether a
+    // publish woke the worker meanwhile: that claim may have run before the publish committed,
+    // so coming back short does not mean nothing is due.
+    let mut claiming: Option<(usize, JoinHandle<Result<ClaimedBatch>>)> = None;
     let mut woken_while_claiming = false;
-    let (claims_tx, mut claims_rx) = mpsc::unbounded_channel::<(usize, Result<ClaimedBatch>)>();
     // Owed disable notices (a send failed, or the process stopped) are looked at every minute.
     let mut last_notice_sweep: Option<Instant> = None;
     loop {
@@ -773,24 +773,19 @@ pub async fn run(app: App, mut shutdown: watch::Receiver<bool>) -> Result<()> {
         // Claim more once half of what was claimed ahead has started. The claim (a write
         // transaction) and the read of its recipients run in their own task, so slots that
         // free meanwhile start the rows already queued instead of waiting on the claim.
-        if !dry && !claiming && claimed.len() <= ahead / 2 {
+        if !dry && claiming.is_none() && claimed.len() <= ahead / 2 {
             let want = ahead - claimed.len();
-            let (w, tx) = (worker.clone(), claims_tx.clone());
-            claiming = true;
-            let claim = async move {
-                let rows = w.claim(want as i64).await?;
-                let recipients = w.recipients(&rows).await;
-                Ok((rows, recipients))
-            };
-            tokio::spawn(async move {
-                // Even a claim that panicked is reported, or the loop would wait for it forever.
-                let result = tokio::spawn(claim)
-                    .await
-                    .unwrap_or_else(|e| Err(anyhow::anyhow!("the claim task failed: {e}")));
-                let _ = tx.send((want, result));
-            });
+            let w = worker.clone();
+            claiming = Some((
+                want,
+                tokio::spawn(async move {
+                    let rows = w.claim(want as i64).await?;
+                    let recipients = w.recipients(&rows).await;
+                    Ok((rows, recipients))
+                }),
+            ));
         }
-        let wait = if claiming || claimed.len() > 0 || slots.available_permits() == 0 {
+        let wait = if claiming.is_some() || claimed.len() > 0 || slots.available_permits() == 0 {
             // Busy: a claim ending or a slot freeing wakes this loop; the timer only bounds the wait.
             poll
         } else {
@@ -803,10 +798,13 @@ pub async fn run(app: App, mut shutdown: watch::Receiver<bool>) -> Result<()> {
             }
         };
         tokio::select! {
-            Some((want, result)) = claims_rx.recv() => {
-                claiming = false;
+            // (A branch whose condition is false is never polled, so the `expect` cannot fire.)
+            joined = async { (&mut claiming.as_mut().expect("a claim is running").1).await },
+                if claiming.is_some() => {
+                let want = claiming.take().map_or(0, |(want, _)| want);
                 let woken = std::mem::take(&mut woken_while_claiming);
-                match result {
+                // A claim that panicked is reported like one that failed.
+                match joined.unwrap_or_else(|e| Err(anyhow::anyhow!("the claim task failed: {e}"))) {
                     Ok((rows, mut recipients)) => {
                         dry = rows.len() < want && !woken;
                         for d in rows {
@@ -822,7 +820,7 @@ pub async fn run(app: App, mut shutdown: watch::Receiver<bool>) -> Result<()> {
             }
             _ = notified => {
                 dry = false;
-                woken_while_claiming = claiming;
+                woken_while_claiming = claiming.is_some();
             }
             _ = freed => {}
             stop = sleep_or_shutdown(wait, &mut shutdown) => {
@@ -833,8 +831,9 @@ pub async fn run(app: App, mut shutdown: watch::Receiver<bool>) -> Result<()> {
     }
     // Rows claimed but not started go back to the queue now, for this or another worker,
     // rather than when their leases end (a claim still running is waited for first).
-    drop(claims_tx);
-    if claiming && let Some((_, Ok((rows, _)))) = claims_rx.recv().await {
+    if let Some((_, task)) = claiming
+        && let Ok(Ok((rows, _))) = task.await
+    {
         for d in rows {
             claimed.push(d, None);
         }
