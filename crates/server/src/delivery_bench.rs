@@ -395,6 +395,11 @@ pub async fn throughput(
                 "wrk (1 thread, {conns} connections, {} B bodies, keep-alive): {rate:.0} requests/s",
                 body.len()
             );
+            let alone = client_alone(&app, hook_port, &secret, &body, recipients, conns).await?;
+            println!(
+                "broadcast's webhook client alone (signing and sending as the worker does, no database): {alone:.0} requests/s ({:.0} % of wrk)",
+                100.0 * alone / rate
+            );
             rate
         }
     };
@@ -442,6 +447,39 @@ pub async fn throughput(
         bail!("only {delivered} of {recipients} delivered");
     }
     Ok(())
+}
+
+/// The worker's webhook channel (reqwest, the SSRF guard, Standard Webhooks signing) sending
+/// `n` requests to the receiver, each endpoint's URL once, `conns` at a time, with no store:
+/// how much of `wrk`'s rate is left once a request is made the way the worker makes it.
+async fn client_alone(app: &App, port: u16, secret: &str, body: &str, n: usize, conns: usize) -> Result<f64> {
+    use broadcast_distribute::Channel;
+    let channel = Arc::new(app.webhook_channel()?);
+    let slots = Arc::new(tokio::sync::Semaphore::new(conns));
+    let mut tasks = tokio::task::JoinSet::new();
+    let start = Instant::now();
+    for i in 0..n {
+        let permit = slots.clone().acquire_owned().await?;
+        let channel = channel.clone();
+        let msg = broadcast_distribute::webhook::WebhookMessage {
+            id: format!("msg_alone_{i}"),
+            url: format!("http://127.0.0.1:{port}/hook/{i}"),
+            secrets: vec![secret.to_owned()],
+            body: body.to_owned(),
+            timestamp: Utc::now().timestamp(),
+        };
+        tasks.spawn(async move {
+            let r = channel.deliver(&msg).await;
+            drop(permit);
+            r
+        });
+    }
+    while let Some(r) = tasks.join_next().await {
+        if let Err(e) = r? {
+            bail!("the webhook client alone could not deliver: {e}");
+        }
+    }
+    Ok(n as f64 / start.elapsed().as_secs_f64())
 }
 
 /// The size in bytes of one rendered bulletin email (multipart text + HTML), for smtp-source.
