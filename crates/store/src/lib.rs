@@ -1955,12 +1955,11 @@ impl Store {
         if ids.is_empty() {
             return Ok(Vec::new());
         }
-        let n = padded_len(ids.len());
-        let sql = format!("SELECT * FROM contacts WHERE id IN ({})", placeholders(n));
+        let (sql, ids) = select_by_ids("contacts", ids.iter().map(|id| id.as_str()));
         dispatch!(self, pool => {
             let mut q = sqlx::query_as::<_, ContactRow>(sqlx::AssertSqlSafe(sql.clone()));
-            for id in ids.iter().chain(std::iter::repeat_n(&ids[0], n - ids.len())) {
-                q = q.bind(id.as_str());
+            for id in &ids {
+                q = q.bind(*id);
             }
             q.fetch_all(pool).await?.into_iter().map(ContactRow::into_contact).collect()
         })
@@ -1971,12 +1970,11 @@ impl Store {
         if ids.is_empty() {
             return Ok(Vec::new());
         }
-        let n = padded_len(ids.len());
-        let sql = format!("SELECT * FROM endpoints WHERE id IN ({})", placeholders(n));
+        let (sql, ids) = select_by_ids("endpoints", ids.iter().map(|id| id.as_str()));
         dispatch!(self, pool => {
             let mut q = sqlx::query_as::<_, EndpointRow>(sqlx::AssertSqlSafe(sql.clone()));
-            for id in ids.iter().chain(std::iter::repeat_n(&ids[0], n - ids.len())) {
-                q = q.bind(id.as_str());
+            for id in &ids {
+                q = q.bind(*id);
             }
             q.fetch_all(pool).await?.into_iter().map(EndpointRow::into_endpoint).collect()
         })
@@ -2401,7 +2399,7 @@ impl Store {
                         let rows = chunk.len().next_power_of_two();
                         qb.push("WITH ");
                         AttemptChange::push_values(qb, false, &chunk, rows);
-                        qb.push(format_args!(" {APPLY_ATTEMPTS}; WITH "));
+                        qb.push(format_args!(" {}; WITH ", apply_attempts("")));
                         AttemptChange::push_values(qb, true, &chunk, rows);
                         qb.push(format_args!(" {}", insert_attempts_from("deliveries")));
                     }
@@ -2425,10 +2423,7 @@ impl Store {
                      a(id, started_at, duration_ms, outcome, detail) AS (
                          SELECT * FROM UNNEST($1::text[], $6::timestamptz[], $7::bigint[], $8::text[], $9::text[]))
                      {} RETURNING delivery_id",
-                    APPLY_ATTEMPTS.replace(
-                        "WHERE deliveries.id = v.id",
-                        "WHERE deliveries.id = v.id AND deliveries.id = ANY($1)"
-                    ),
+                    apply_attempts(" AND deliveries.id = ANY($1)"),
                     insert_attempts_from("u")
                 );
                 let mut tx = if chunks.len() > 1 { Some(pool.begin_write().await?) } else { None };
@@ -2610,7 +2605,7 @@ impl AttemptChange {
     }
 
     /// A `VALUES` list of the chunk as a named CTE (SQLite): `v(…)`, each delivery's new state
-    /// (for [`APPLY_ATTEMPTS`]), or `a(…)`, the attempt rows (for [`insert_attempts_from`]).
+    /// (for [`apply_attempts`]), or `a(…)`, the attempt rows (for [`insert_attempts_from`]).
     /// `rows` ≥ the chunk's length: the list is padded with rows that match nothing.
     fn push_values(
         qb: &mut QueryBuilder<sqlx::Sqlite>,
@@ -2640,17 +2635,35 @@ impl AttemptChange {
     }
 }
 
-/// Moves each delivery of `v` on and returns the id and new attempt count of each row found.
+/// Moves each delivery of `v` on and returns the id and new attempt count of each row found;
+/// `also` is added to the row match (PostgreSQL passes a primary-key filter, see
+/// `record_attempts`).
 /// A row cancelled or suppressed while its attempt was in flight keeps that state (SET
 /// expressions read the row as it was); the attempt is still counted and put on record.
-const APPLY_ATTEMPTS: &str = "UPDATE deliveries SET attempts = deliveries.attempts + 1,
+fn apply_attempts(also: &str) -> String {
+    format!(
+        "UPDATE deliveries SET attempts = deliveries.attempts + 1,
         reason = CASE WHEN deliveries.state = 'pending' THEN v.reason ELSE deliveries.reason END,
         next_attempt_at = CASE WHEN deliveries.state = 'pending' THEN COALESCE(v.next_at, deliveries.next_attempt_at) ELSE deliveries.next_attempt_at END,
         delivered_at = CASE WHEN deliveries.state = 'pending' THEN v.delivered_at ELSE deliveries.delivered_at END,
         lease_until = CASE WHEN deliveries.state = 'pending' THEN NULL ELSE deliveries.lease_until END,
         leased_by = CASE WHEN deliveries.state = 'pending' THEN NULL ELSE deliveries.leased_by END,
         state = CASE WHEN deliveries.state = 'pending' THEN v.state ELSE deliveries.state END
-     FROM v WHERE deliveries.id = v.id RETURNING deliveries.id, deliveries.attempts";
+     FROM v WHERE deliveries.id = v.id{also} RETURNING deliveries.id, deliveries.attempts"
+    )
+}
+
+/// `SELECT * FROM {table} WHERE id IN (…)` and the ids to bind, padded as [`padded_len`] says
+/// (`ids` must not be empty).
+fn select_by_ids<'a>(
+    table: &str,
+    ids: impl ExactSizeIterator<Item = &'a str> + Clone,
+) -> (String, Vec<&'a str>) {
+    let n = padded_len(ids.len());
+    let first = ids.clone().next().unwrap_or_default();
+    let ids: Vec<&str> = ids.chain(std::iter::repeat(first)).take(n).collect();
+    (format!("SELECT * FROM {table} WHERE id IN ({})", placeholders(n)), ids)
+}
 
 /// How many values an `IN (…)` list of `n` ids is given: up to 1,024 the next power of two
 /// (padded by repeating an id, which matches nothing more), so the statement's text repeats
@@ -2667,6 +2680,10 @@ fn insert_attempts_from(rows: &str) -> String {
          SELECT a.id, d.attempts, a.started_at, a.duration_ms, a.outcome, a.detail FROM a, {rows} d WHERE d.id = a.id"
     )
 }
+
+/// The head of both backends' outbox inserts: the columns a publish writes.
+const INSERT_OUTBOX: &str = "INSERT INTO deliveries (id, bulletin_id, org_id, channel, recipient_id, address,
+                         state, reason, attempts, next_attempt_at, created_at, digest_at)";
 
 /// Writes a publish's outbox rows, in the way each backend does fastest.
 trait InsertOutbox {
@@ -2687,10 +2704,7 @@ impl InsertOutbox for sqlx::SqliteConnection {
         now: DateTime<Utc>,
     ) -> Result<(), sqlx::Error> {
         for chunk in rows.chunks(500) {
-            let mut qb = QueryBuilder::new(
-                "INSERT INTO deliveries (id, bulletin_id, org_id, channel, recipient_id, address, state, reason,
-                                         attempts, next_attempt_at, created_at, digest_at) ",
-            );
+            let mut qb = QueryBuilder::new(format!("{INSERT_OUTBOX} "));
             qb.push_values(chunk, |mut row, d| {
                 row.push_bind(d.id.clone())
                     .push_bind(bulletin.to_owned())
@@ -2723,13 +2737,11 @@ impl InsertOutbox for sqlx::PgConnection {
     ) -> Result<(), sqlx::Error> {
         for rows in rows.chunks(10_000) {
             let column = |f: fn(&NewDelivery) -> String| rows.iter().map(f).collect::<Vec<String>>();
-            sqlx::query(
-                "INSERT INTO deliveries (id, bulletin_id, org_id, channel, recipient_id, address, state, reason,
-                                         attempts, next_attempt_at, created_at, digest_at)
-                 SELECT id, $1, org_id, channel, recipient_id, address, state, reason, 0, COALESCE(digest_at, $2), $2, digest_at
+            sqlx::query(sqlx::AssertSqlSafe(format!(
+                "{INSERT_OUTBOX} SELECT id, $1, org_id, channel, recipient_id, address, state, reason, 0, COALESCE(digest_at, $2), $2, digest_at
                  FROM UNNEST($3::text[], $4::text[], $5::text[], $6::text[], $7::text[], $8::text[], $9::text[], $10::timestamptz[])
-                      AS t (id, org_id, channel, recipient_id, address, state, reason, digest_at)",
-            )
+                      AS t (id, org_id, channel, recipient_id, address, state, reason, digest_at)"
+            )))
             .bind(bulletin)
             .bind(now)
             .bind(column(|d| d.id.clone()))
